@@ -1,0 +1,130 @@
+import itertools
+
+import numpy as np
+import pytest
+import torch
+
+from merging.align import CrossCorrelation, correlation_align, solve_blocked, weight_align
+from merging.encoders import Encoder
+from merging.spec import COMPONENTS, apply_permutations, hubert_spec, random_permutations
+from merging.state import MergeError, state_checksum
+from tiny import TINY_VARIANTS, tiny_config, tiny_model
+
+
+def encoder(model, name="speech", sample_rate=16000):
+    return Encoder(model=model, sample_rate=sample_rate, normalize=False, name=name, source=name)
+
+
+def calibration(n=12, seconds=0.5, sample_rate=16000, seed=0):
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(seconds * sample_rate)) / sample_rate
+    clips = []
+    for _ in range(n):  # noise plus a random chirp: varied enough to make every unit move
+        f0, f1 = rng.uniform(80, 2000, size=2)
+        clips.append((0.3 * np.sin(2 * np.pi * (f0 + (f1 - f0) * t / seconds) * t) + 0.2 * rng.standard_normal(len(t))).astype(np.float32))
+    return clips
+
+
+def permuted_copy(model, components=COMPONENTS, seed=1):
+    spec = hubert_spec(model.config)
+    perms = random_permutations(spec, components, torch.Generator().manual_seed(seed))
+    copy = type(model)(model.config).eval()
+    copy.load_state_dict(apply_permutations(model.state_dict(), spec, perms))
+    return copy, perms
+
+
+@pytest.mark.parametrize("variant", ["group-norm", "stable-layer-norm", "heads-8-groups-8-three-layers"])
+def test_correlation_alignment_recovers_a_permuted_copy(variant):
+    model = tiny_model(tiny_config(**TINY_VARIANTS[variant]))
+    copy, _ = permuted_copy(model)
+    alignment = correlation_align(encoder(model), encoder(copy, "music"), calibration(), 16000, components=COMPONENTS)
+    assert set(alignment.groups) == set(hubert_spec(model.config).groups)
+    assert state_checksum(alignment.apply(copy.state_dict())) == state_checksum(model.state_dict())
+    for group in alignment.groups.values():
+        assert group.after == pytest.approx(1.0, abs=5e-3), group.name  # eps 1e-7 on quiet units
+        assert group.before < 0.9, group.name
+        assert group.similarity.shape == (len(group.perm), len(group.perm))
+
+
+def test_aligning_a_model_to_itself_gives_identity_and_signed_matching_works():
+    model = tiny_model()
+    alignment = correlation_align(encoder(model), encoder(model, "music"), calibration(6), 16000,
+                                  components=("cnn", "ffn"), absolute=False)
+    assert {g.component for g in alignment.groups.values()} == {"cnn", "ffn"}
+    for group in alignment.groups.values():
+        assert torch.equal(group.perm, torch.arange(len(group.perm)))
+        assert group.before == pytest.approx(1.0, abs=1e-3) and group.after == pytest.approx(group.before)
+    summary = alignment.summary()
+    assert summary["components"] == ["cnn", "ffn"] and "activations" in summary["timings_s"]
+
+
+def test_paper_ablation_sets_only_touch_their_groups():
+    model, other = tiny_model(seed=0), tiny_model(seed=1)
+    for components in [(), ("cnn",), ("cnn", "ffn"), ("ffn", "attn"), ("cnn", "ffn", "attn"), ("res",)]:
+        alignment = correlation_align(encoder(model), encoder(other, "music"), calibration(4), 16000, components=components)
+        assert {g.component for g in alignment.groups.values()} == set(components)
+        for group in alignment.groups.values():
+            assert group.after >= group.before - 1e-6 or group.component == "attn", group.name  # attn: qk+vo jointly
+
+
+def test_independent_models_gain_correlation_on_matched_units():
+    model, other = tiny_model(seed=0), tiny_model(seed=1)
+    alignment = correlation_align(encoder(model), encoder(other, "music"), calibration(), 16000)
+    for group in alignment.groups.values():
+        objective = group.similarity.abs()
+        n = len(group.perm)
+        assert objective[torch.arange(n), group.perm].sum() >= objective.diagonal().sum() - 1e-4
+
+
+def test_encoders_at_different_sample_rates_are_matched_frame_by_frame():
+    model = tiny_model()
+    copy, _ = permuted_copy(model, ("cnn", "ffn"))
+    clips = calibration(6, seconds=0.5, sample_rate=16000)
+    alignment = correlation_align(encoder(model), encoder(copy, "music", sample_rate=24000), clips, 16000,
+                                  components=("ffn",))
+    for group in alignment.groups.values():  # the music copy hears resampled audio: close, not exact
+        assert group.after > group.before + 0.3
+
+
+def test_weight_matching_recovers_a_permuted_copy():
+    model = tiny_model(tiny_config(**TINY_VARIANTS["heads-2-groups-2"]))
+    copy, _ = permuted_copy(model, seed=4)
+    spec = hubert_spec(model.config)
+    alignment = weight_align(model.state_dict(), copy.state_dict(), spec)
+    assert state_checksum(alignment.apply(copy.state_dict())) == state_checksum(model.state_dict())
+    for group in alignment.groups.values():
+        assert group.after == pytest.approx(1.0, abs=1e-5), group.name
+
+
+def test_blocked_assignment_keeps_blocks_and_ties():
+    rng = torch.Generator().manual_seed(0)
+    a, b = torch.randn(8, 8, generator=rng), torch.randn(8, 8, generator=rng)
+    pa, pb = solve_blocked([a, b], block=4)
+    assert torch.equal(pa.view(2, 4)[:, 0] // 4, pb.view(2, 4)[:, 0] // 4)
+    assert torch.equal(pa.view(2, 4) // 4, (pa.view(2, 4) // 4)[:, :1].expand(2, 4))
+    def best_inner(tile):  # exhaustive over the 24 orders of a 4-unit block
+        return max(float(tile[torch.arange(4), torch.tensor(p)].sum()) for p in itertools.permutations(range(4)))
+
+    tiles = [m.view(2, 4, 2, 4) for m in (a, b)]
+    brute = max(sum(best_inner(t[blk, :, order[blk], :]) for t in tiles for blk in range(2)) for order in [(0, 1), (1, 0)])
+    achieved = float(a[torch.arange(8), pa].sum() + b[torch.arange(8), pb].sum())
+    assert achieved == pytest.approx(brute, abs=1e-5)
+
+
+def test_streaming_correlation_matches_numpy_on_offset_data():
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((3000, 5)) * 0.01 + 1000.0  # large offset: naive float32 sums would cancel
+    b = a @ rng.standard_normal((5, 4)) + rng.standard_normal((3000, 4)) * 0.001
+    acc = CrossCorrelation()
+    for chunk in range(0, 3000, 700):
+        acc.update(torch.tensor(a[chunk:chunk + 700], dtype=torch.float32), torch.tensor(b[chunk:chunk + 700], dtype=torch.float32))
+    expected = np.corrcoef(a.T, b.T)[:5, 5:]
+    np.testing.assert_allclose(acc.matrix().numpy(), expected, atol=1e-3)
+
+
+def test_incompatible_pairs_and_empty_calibration_are_refused():
+    small, big = tiny_model(), tiny_model(tiny_config(num_hidden_layers=3))
+    with pytest.raises(MergeError, match="num_hidden_layers"):
+        correlation_align(encoder(small), encoder(big, "music"), calibration(2), 16000)
+    with pytest.raises(MergeError, match="calibration"):
+        correlation_align(encoder(small), encoder(small, "music"), [], 16000)
