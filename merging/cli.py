@@ -1,0 +1,122 @@
+"""Command line: `python -m merging merge ...` (and, later, `benchmark`)."""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from .state import MergeError
+
+METHOD_NAMES = ("linear", "permute", "task_arithmetic", "ties", "dare", "drm", "speech_ft")
+
+
+def _floats(text: str) -> list[float]:
+    return [float(x) for x in text.split(",") if x.strip()]
+
+
+def merge_parser(sub) -> None:
+    p = sub.add_parser("merge", help="merge a speech and a music encoder and save the result")
+    p.add_argument("--speech", required=True, help="speech encoder: local directory or hub id (pretrained for speech_ft)")
+    p.add_argument("--music", help="music encoder: local directory or hub id")
+    p.add_argument("--method", required=True, choices=METHOD_NAMES)
+    p.add_argument("--out", required=True, help="output directory (transformers format + merge_config.json)")
+    p.add_argument("--alpha", type=float, help="weight on the music side (linear/permute, default 0.5) or on the fine-tuned side (speech_ft, default 0.25)")
+    p.add_argument("--layer-alphas", type=_floats, help="comma-separated alpha per transformer layer (linear/permute)")
+    p.add_argument("--base", help="shared initialisation for task-vector methods")
+    p.add_argument("--finetuned", help="fine-tuned copy of --speech, for speech_ft")
+    p.add_argument("--lambda-speech", type=float)
+    p.add_argument("--lambda-music", type=float)
+    p.add_argument("--density", type=float, help="ties/drm: fraction of entries kept")
+    p.add_argument("--drop", type=float, help="dare: drop probability")
+    p.add_argument("--seed", type=int, help="dare: random seed")
+    p.add_argument("--align", choices=("correlation", "weights"), default="correlation", help="how permute aligns (default correlation)")
+    p.add_argument("--align-to-base", action="store_true", help="task-vector methods: align both models to --base first")
+    p.add_argument("--components", default="cnn,ffn,attn", help="groups to permute: any of cnn,res,ffn,attn (default: the paper's cnn,ffn,attn)")
+    p.add_argument("--signed", action="store_true", help="match on signed correlation (default: absolute, as the paper)")
+    p.add_argument("--calib-dir", help="folder of calibration audio (default: the built-in calibration clips)")
+    p.add_argument("--calib-limit", type=int, help="use at most this many calibration clips")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+
+
+def _method_params(args) -> dict:
+    names = {"alpha": "alpha", "layer_alphas": "layer_alphas", "lambda_speech": "lambda_speech",
+             "lambda_music": "lambda_music", "density": "density", "drop": "drop", "seed": "seed"}
+    return {key: getattr(args, attr) for key, attr in names.items() if getattr(args, attr) is not None}
+
+
+def run_merge(args) -> str:
+    from .calibration import builtin_calibration, load_calibration_dir
+    from .checkpoint import save_encoder
+    from .encoders import load_encoder
+    from .methods import METHODS
+    from .pipeline import align, merge_encoders, merge_record
+
+    started = time.perf_counter()
+    device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
+    sources = {"speech": args.speech, "music": args.music, "base": args.base}
+    if args.method == "speech_ft":
+        sources = {"pretrained": args.speech, "finetuned": args.finetuned}
+    roles = METHODS[args.method].inputs
+    for role in roles:
+        if not sources.get(role):
+            flag = {"pretrained": "--speech", "finetuned": "--finetuned"}.get(role, f"--{role}")
+            raise MergeError(f"method '{args.method}' needs {flag}")
+    encoders = {role: load_encoder(sources[role], device=device) for role in roles}
+    params = _method_params(args)
+    unknown = set(params) - set(METHODS[args.method].defaults)
+    if unknown:
+        raise MergeError(f"method '{args.method}' takes no {', '.join('--' + k.replace('_', '-') for k in sorted(unknown))}")
+
+    alignments = {}
+    pairs = [("music", "speech")] if args.method == "permute" else []
+    if args.align_to_base and "base" in roles:
+        pairs = [("speech", "base"), ("music", "base")]
+    if pairs:
+        clips, calib_source = None, "weights only"
+        if args.align == "correlation":
+            if args.calib_dir:
+                clips, calib_source = load_calibration_dir(args.calib_dir, limit=args.calib_limit), args.calib_dir
+            else:
+                clips, calib_source = builtin_calibration(limit=args.calib_limit)
+        components = [c.strip() for c in args.components.split(",") if c.strip()]
+        for moving, target in pairs:
+            with tqdm(total=100, desc=f"aligning {moving} to {target}", unit="%", leave=False) as bar:
+                def progress(fraction, _message, bar=bar):
+                    bar.update(round(fraction * 100) - bar.n)
+                alignments[moving] = align(encoders[target], encoders[moving], how=args.align, clips=clips,
+                                           components=components, absolute=not args.signed, progress=progress)
+        params_note = f"{len(clips) if clips else 0} clips from {calib_source}" if clips else calib_source
+    merged = merge_encoders(args.method, encoders, alignments=alignments, **params)
+    record = merge_record(args.method, encoders, params, alignments)
+    first = encoders[roles[0]]
+    out = save_encoder(args.out, merged, first.config, sample_rate=first.sample_rate, normalize=first.normalize, merge_config=record)
+    seconds = time.perf_counter() - started
+    summary = f"merged {args.method} {_describe(params)} of {', '.join(f'{r}={sources[r]}' for r in roles)} -> {out} in {seconds:.1f}s on {device}"
+    if alignments:
+        groups = [g for a in alignments.values() for g in a.groups.values()]
+        before = sum(g.before for g in groups) / max(len(groups), 1)
+        after = sum(g.after for g in groups) / max(len(groups), 1)
+        summary += f"; {len(groups)} groups aligned ({params_note}), mean matched correlation {before:.3f} -> {after:.3f}"
+    return summary
+
+
+def _describe(params: dict) -> str:
+    return "(" + ", ".join(f"{k}={v}" for k, v in params.items()) + ")" if params else "(defaults)"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m merging", description="merge lab: merge speech and music encoders")
+    sub = parser.add_subparsers(dest="command", required=True)
+    merge_parser(sub)
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "merge":
+            print(run_merge(args))
+    except MergeError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    return 0

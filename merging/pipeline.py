@@ -1,0 +1,99 @@
+"""From loaded encoders to a merged state dict and its record: what the CLI and the app share."""
+from __future__ import annotations
+
+import datetime
+import platform
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+import transformers
+
+from .align import Alignment, PAPER_COMPONENTS, Progress, correlation_align, weight_align
+from .encoders import Encoder, check_compatible
+from .methods import METHODS, merge
+from .state import MergeError, StateDict, state_checksum
+
+
+def align(
+    speech: Encoder,
+    music: Encoder,
+    *,
+    how: str = "correlation",
+    clips: Sequence[np.ndarray] | None = None,
+    sample_rate: int = 16000,
+    components: Sequence[str] = PAPER_COMPONENTS,
+    absolute: bool = True,
+    progress: Progress | None = None,
+) -> Alignment:
+    """Align `music` to `speech` by activation correlation on `clips`, or by weights (data-free)."""
+    check_compatible(speech.config, music.config)
+    if how == "correlation":
+        if clips is None:
+            raise MergeError("correlation alignment needs calibration clips")
+        return correlation_align(speech, music, clips, sample_rate, components=components, absolute=absolute, progress=progress)
+    if how == "weights":
+        from .spec import hubert_spec
+
+        spec = hubert_spec(speech.config, list(speech.state_dict()))
+        return weight_align(speech.state_dict(), music.state_dict(), spec, components=components, progress=progress)
+    raise MergeError(f"unknown alignment '{how}': choose 'correlation' or 'weights'")
+
+
+def merge_encoders(
+    method: str,
+    encoders: dict[str, Encoder],
+    *,
+    alignments: dict[str, Alignment] | None = None,
+    device: str | torch.device | None = None,
+    **params,
+) -> StateDict:
+    """Merge the encoders named by role ('speech', 'music', 'base', 'pretrained', 'finetuned').
+
+    `alignments` maps a role to the alignment that moves it into the basis of the merge (the speech
+    encoder for `permute`, the base for task-vector methods); it is applied before merging.
+    """
+    if method not in METHODS:
+        raise MergeError(f"unknown method '{method}': choose from {', '.join(METHODS)}")
+    roles = METHODS[method].inputs
+    missing = [role for role in roles if role not in encoders]
+    if missing:
+        raise MergeError(f"method '{method}' needs the {' and '.join(missing)} encoder")
+    first = encoders[roles[0]]
+    for role in roles[1:]:
+        check_compatible(first.config, encoders[role].config, names=(roles[0], role))
+    states = {}
+    for role in roles:
+        state = encoders[role].state_dict()
+        if device is not None:
+            state = {name: tensor.to(device, non_blocking=True) for name, tensor in state.items()}
+        if alignments and role in alignments and method != "permute":
+            state = alignments[role].apply(state)
+        states[role] = state
+    if method == "permute":
+        if not alignments or "music" not in alignments:
+            raise MergeError("method 'permute' needs an alignment of the music encoder (run the alignment first)")
+        params["alignment"] = alignments["music"]
+    return merge(method, states, **params)
+
+
+def merge_record(
+    method: str,
+    encoders: dict[str, Encoder],
+    params: dict,
+    alignments: dict[str, Alignment] | None = None,
+) -> dict:
+    """The merge_config.json content: method, arguments, inputs, permutations, correlation summary."""
+    roles = METHODS[method].inputs
+    return {
+        "method": method,
+        "arguments": {k: v for k, v in params.items() if k != "alignment"},
+        "inputs": {
+            role: {"source": encoders[role].source, "name": encoders[role].name, "sample_rate": encoders[role].sample_rate,
+                   "checksum": state_checksum(encoders[role].state_dict())}
+            for role in roles
+        },
+        "alignments": {role: alignment.summary() for role, alignment in (alignments or {}).items()},
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "software": {"torch": torch.__version__, "transformers": transformers.__version__, "python": platform.python_version()},
+    }
