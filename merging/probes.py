@@ -1,0 +1,159 @@
+"""Probe classifiers: how much speech and music an encoder's features carry (SUPERB/MARBLE style).
+
+Per clip, every layer's hidden states are mean-pooled over time; a probe learns a softmax weight per
+layer (SUPERB's weighted sum) and a linear classifier on top, fitted full-batch with L-BFGS on the
+train split and scored on the test split. Features of an encoder are cached by the hash of its
+weights, so an unchanged encoder is never run twice on the same clips.
+"""
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from .features import encoder_input
+from .state import MergeError, state_checksum
+
+
+@dataclass(frozen=True)
+class ProbeTask:
+    name: str
+    domain: str  # "speech" | "music"
+    labels: tuple[str, ...]
+    train: tuple[int, ...]  # indices into the suite's clips
+    train_y: tuple[int, ...]
+    test: tuple[int, ...]
+    test_y: tuple[int, ...]
+
+
+@torch.no_grad()
+def layer_features(encoder, clips: Sequence[np.ndarray], sample_rate: int, batch_size: int = 32) -> torch.Tensor:
+    """(clips, layers + 1, hidden) float32 on CPU: each layer's hidden states mean-pooled over time."""
+    order = sorted(range(len(clips)), key=lambda i: len(clips[i]))
+    out: list[torch.Tensor | None] = [None] * len(clips)
+    start = 0
+    while start < len(order):
+        length = len(clips[order[start]])
+        stop = start
+        while stop < len(order) and stop - start < batch_size and len(clips[order[stop]]) == length:
+            stop += 1
+        batch = [clips[i] for i in order[start:stop]]
+        hidden = encoder.model(encoder_input(encoder, batch, sample_rate), output_hidden_states=True).hidden_states
+        pooled = torch.stack([h.mean(1) for h in hidden], dim=1).float().cpu()
+        for row, index in enumerate(order[start:stop]):
+            out[index] = pooled[row]
+        start = stop
+    return torch.stack(out)
+
+
+@dataclass
+class LinearProbe:
+    """Softmax-weighted sum of standardised layer features, then a linear classifier."""
+
+    mean: torch.Tensor
+    std: torch.Tensor
+    layer_logits: torch.Tensor
+    weight: torch.Tensor
+    bias: torch.Tensor
+
+    def logits(self, features: torch.Tensor) -> torch.Tensor:
+        x = (features - self.mean) / self.std
+        mixed = (torch.softmax(self.layer_logits, 0)[None, :, None] * x).sum(1)
+        return mixed @ self.weight + self.bias
+
+    def layer_weights(self) -> list[float]:
+        return torch.softmax(self.layer_logits, 0).tolist()
+
+
+def fit_probe(features: torch.Tensor, targets: torch.Tensor, num_classes: int, *, l2: float = 1e-3,
+              max_iter: int = 100, seed: int = 0) -> LinearProbe:
+    """Full-batch L-BFGS on cross-entropy + L2; deterministic for a given seed."""
+    generator = torch.Generator().manual_seed(seed)
+    mean, std = features.mean(0, keepdim=True)[0], features.std(0, keepdim=True)[0] + 1e-5
+    x = (features - mean) / std
+    layers, hidden = features.shape[1:]
+    layer_logits = torch.zeros(layers, requires_grad=True)
+    weight = (0.01 * torch.randn(hidden, num_classes, generator=generator)).requires_grad_()
+    bias = torch.zeros(num_classes, requires_grad=True)
+    params = [layer_logits, weight, bias]
+    optimizer = torch.optim.LBFGS(params, lr=1, max_iter=max_iter, history_size=20, line_search_fn="strong_wolfe")
+
+    def closure():
+        optimizer.zero_grad()
+        mixed = (torch.softmax(layer_logits, 0)[None, :, None] * x).sum(1)
+        loss = torch.nn.functional.cross_entropy(mixed @ weight + bias, targets) + l2 * weight.pow(2).sum()
+        loss.backward()
+        return loss
+
+    with torch.enable_grad():
+        optimizer.step(closure)
+    return LinearProbe(mean, std, layer_logits.detach(), weight.detach(), bias.detach())
+
+
+@dataclass
+class ProbeScores:
+    accuracy: dict[str, float]  # task -> percent
+    domains: dict[str, str]
+
+    def average(self, domain: str | None = None) -> float:
+        values = [acc for task, acc in self.accuracy.items() if domain is None or self.domains[task] == domain]
+        return float(np.mean(values)) if values else float("nan")
+
+    def as_row(self) -> dict:
+        return {"scores": dict(self.accuracy), "speech_avg": self.average("speech"),
+                "music_avg": self.average("music"), "avg": self.average()}
+
+
+@dataclass
+class ProbeSuite:
+    """Probe tasks over one shared list of clips (a clip may serve several tasks)."""
+
+    clips: list[np.ndarray]
+    tasks: list[ProbeTask]
+    sample_rate: int = 16000
+    cache_size: int = 8
+    _cache: OrderedDict = field(default_factory=OrderedDict, repr=False)
+
+    def features(self, encoder) -> torch.Tensor:
+        key = state_checksum(encoder.state_dict())
+        if key in self._cache:
+            self._cache.move_to_end(key)
+            return self._cache[key]
+        features = layer_features(encoder, self.clips, self.sample_rate)
+        self._cache[key] = features
+        while len(self._cache) > self.cache_size:
+            self._cache.popitem(last=False)
+        return features
+
+    def fit(self, encoder, seed: int = 0) -> dict[str, LinearProbe]:
+        features = self.features(encoder)
+        return {task.name: fit_probe(features[list(task.train)], torch.tensor(task.train_y), len(task.labels), seed=seed)
+                for task in self.tasks}
+
+    def score(self, encoder, seed: int = 0, probes: dict[str, LinearProbe] | None = None) -> ProbeScores:
+        features = self.features(encoder)
+        probes = probes or self.fit(encoder, seed)
+        accuracy = {}
+        for task in self.tasks:
+            predicted = probes[task.name].logits(features[list(task.test)]).argmax(1)
+            accuracy[task.name] = 100.0 * (predicted == torch.tensor(task.test_y)).float().mean().item()
+        return ProbeScores(accuracy, {task.name: task.domain for task in self.tasks})
+
+    def predict(self, encoder, clip: np.ndarray, sample_rate: int, probes: dict[str, LinearProbe] | None = None) -> dict[str, dict[str, float]]:
+        """Class probabilities per task for one clip of any length (pooled over time)."""
+        if clip.ndim != 1 or len(clip) < sample_rate // 10:
+            raise MergeError("a probe clip must be mono and at least 0.1 s long")
+        if sample_rate != self.sample_rate:
+            from .audio import resample
+
+            clip = resample(clip, sample_rate, self.sample_rate)
+        probes = probes or self.fit(encoder)
+        features = layer_features(encoder, [clip], self.sample_rate)
+        result = {}
+        for task in self.tasks:
+            probabilities = torch.softmax(probes[task.name].logits(features), 1)[0]
+            result[task.name] = {label: float(p) for label, p in zip(task.labels, probabilities)}
+        return result

@@ -1,0 +1,75 @@
+import numpy as np
+import pytest
+import torch
+
+import merging.probes as probes
+from merging.encoders import Encoder
+from merging.probes import ProbeSuite, ProbeTask, fit_probe
+from merging.state import MergeError
+from tiny import tiny_model
+
+
+def encoder(model):
+    return Encoder(model=model, sample_rate=16000, normalize=False, name="tiny", source="tiny")
+
+
+def tone_suite(n_train=40, n_test=20):
+    """Low vs high tones: a task any encoder's features can separate."""
+    rng = np.random.default_rng(0)
+    t = np.arange(4000) / 16000
+    clips, labels = [], []
+    for i in range(n_train + n_test):
+        high = i % 2
+        f = rng.uniform(1500, 2500) if high else rng.uniform(100, 300)
+        clips.append((0.5 * np.sin(2 * np.pi * f * t) + 0.01 * rng.standard_normal(len(t))).astype(np.float32))
+        labels.append(high)
+    idx = list(range(n_train + n_test))
+    task = ProbeTask("pitch_height", "music", ("low", "high"), tuple(idx[:n_train]), tuple(labels[:n_train]),
+                     tuple(idx[n_train:]), tuple(labels[n_train:]))
+    shuffled = ProbeTask("noise", "speech", ("a", "b"), tuple(idx[:n_train]), tuple(rng.integers(0, 2, n_train).tolist()),
+                         tuple(idx[n_train:]), tuple(rng.integers(0, 2, n_test).tolist()))
+    return ProbeSuite(clips, [task, shuffled])
+
+
+def test_probe_learns_a_separable_task_and_scores_are_reproducible():
+    suite, enc = tone_suite(), encoder(tiny_model())
+    scores = suite.score(enc, seed=0)
+    assert scores.accuracy["pitch_height"] >= 90
+    assert scores.average("music") == scores.accuracy["pitch_height"]
+    assert scores.average() == pytest.approx((scores.accuracy["pitch_height"] + scores.accuracy["noise"]) / 2)
+    assert suite.score(enc, seed=0).accuracy == scores.accuracy
+
+
+def test_fit_probe_layer_weights_find_the_informative_layer():
+    rng = torch.Generator().manual_seed(0)
+    y = torch.randint(0, 3, (300,), generator=rng)
+    features = torch.randn(300, 4, 8, generator=rng)
+    features[:, 2, 0] += 3.0 * y  # only layer 2 knows the class
+    probe = fit_probe(features, y, 3)
+    assert np.argmax(probe.layer_weights()) == 2
+    assert (probe.logits(features).argmax(1) == y).float().mean() > 0.9
+
+
+def test_features_are_cached_by_weights(monkeypatch):
+    suite, enc = tone_suite(8, 4), encoder(tiny_model())
+    calls = []
+    real = probes.layer_features
+    monkeypatch.setattr(probes, "layer_features", lambda *a, **k: calls.append(1) or real(*a, **k))
+    suite.score(enc)
+    suite.score(enc)
+    assert len(calls) == 1
+    suite.score(encoder(tiny_model(seed=5)))
+    assert len(calls) == 2
+
+
+def test_predict_returns_probabilities_for_any_length_and_refuses_bad_clips():
+    suite, enc = tone_suite(), encoder(tiny_model())
+    for seconds in (0.3, 2.7):
+        clip = (0.5 * np.sin(2 * np.pi * 2000 * np.arange(int(seconds * 16000)) / 16000)).astype(np.float32)
+        result = suite.predict(enc, clip, 16000)
+        assert set(result) == {"pitch_height", "noise"}
+        for probabilities in result.values():
+            assert sum(probabilities.values()) == pytest.approx(1.0, abs=1e-5)
+        assert result["pitch_height"]["high"] > 0.5
+    with pytest.raises(MergeError):
+        suite.predict(enc, np.zeros(100, dtype=np.float32), 16000)
