@@ -1,0 +1,103 @@
+"""Plotly figures for merge lab: alignment heatmaps, correlation per layer, permutations, probe scores.
+
+Every function takes plain data (an `Alignment`'s groups, score dicts) and returns a figure; no model code.
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
+SPEECH, MUSIC, MERGED = "#1f77b4", "#d62728", "#2ca02c"
+
+
+def _downsample(matrix: np.ndarray, max_side: int) -> np.ndarray:
+    """Block-average a large matrix so the browser draws at most max_side x max_side cells."""
+    step = int(np.ceil(max(matrix.shape) / max_side))
+    if step <= 1:
+        return matrix
+    rows, cols = (matrix.shape[0] // step) * step, (matrix.shape[1] // step) * step
+    return matrix[:rows, :cols].reshape(rows // step, step, cols // step, step).mean(axis=(1, 3))
+
+
+def correlation_heatmaps(similarity, perm, *, title: str = "", absolute: bool = False, max_side: int = 256) -> go.Figure:
+    """Cross-correlation (speech units x music units) before and after permuting the music units,
+    side by side on one colour scale: a bright diagonal after alignment means matched units."""
+    matrix = np.asarray(similarity, dtype=np.float32)
+    after = matrix[:, np.asarray(perm)]
+    if absolute:
+        matrix, after = np.abs(matrix), np.abs(after)
+    zmin, zmax = (0.0, 1.0) if absolute else (-1.0, 1.0)
+    fig = make_subplots(rows=1, cols=2, subplot_titles=("before (identity order)", "after permutation"),
+                        horizontal_spacing=0.08)
+    for col, data in ((1, matrix), (2, after)):
+        fig.add_trace(go.Heatmap(z=_downsample(data, max_side), zmin=zmin, zmax=zmax, colorscale="RdBu_r" if not absolute else "Viridis",
+                                 showscale=col == 2, colorbar=dict(title="|corr|" if absolute else "corr"),
+                                 hovertemplate="speech %{y}<br>music %{x}<br>%{z:.2f}<extra></extra>"), row=1, col=col)
+        fig.update_yaxes(autorange="reversed", title_text="speech unit" if col == 1 else None, row=1, col=col)
+        fig.update_xaxes(title_text="music unit", row=1, col=col)
+    fig.update_layout(title=title, height=420, margin=dict(l=40, r=20, t=70, b=40))
+    return fig
+
+
+def diagonal_by_layer(groups: Mapping[str, object]) -> go.Figure:
+    """Mean matched correlation per group, before and after alignment, in network order."""
+    names = list(groups)
+    before = [groups[n].before for n in names]
+    after = [groups[n].after for n in names]
+    fig = go.Figure([
+        go.Bar(name="before", x=names, y=before, marker_color="#aaaaaa"),
+        go.Bar(name="after", x=names, y=after, marker_color=MERGED),
+    ])
+    fig.update_layout(barmode="group", title="mean diagonal correlation per group", yaxis_title="mean matched correlation",
+                      height=360, margin=dict(l=40, r=20, t=50, b=80))
+    return fig
+
+
+def permutation_lines(perm, *, title: str = "permutation", max_lines: int = 256) -> go.Figure:
+    """Index lines: music unit j (bottom) moves to position i (top); crossings show the re-ordering."""
+    perm = np.asarray(perm)
+    n = len(perm)
+    picked = np.linspace(0, n - 1, min(n, max_lines)).astype(int)
+    xs, ys = [], []
+    for i in picked:
+        xs += [int(perm[i]), int(i), None]
+        ys += [0, 1, None]
+    moved = float(np.mean(perm != np.arange(n)))
+    fig = go.Figure(go.Scattergl(x=xs, y=ys, mode="lines", line=dict(width=1, color=MUSIC), hoverinfo="skip"))
+    fig.update_layout(title=f"{title}: {moved:.0%} of {n} units move", height=260, showlegend=False,
+                      yaxis=dict(tickvals=[0, 1], ticktext=["music order", "speech order"]), xaxis_title="unit index",
+                      margin=dict(l=90, r=20, t=50, b=40))
+    return fig
+
+
+def probe_bars(scores: Mapping[str, Mapping[str, float]], domains: Mapping[str, str]) -> go.Figure:
+    """Probe accuracy per task for several encoders (e.g. speech, music, merged)."""
+    colours = {"speech": SPEECH, "music": MUSIC}
+    tasks = list(domains)
+    fig = go.Figure([
+        go.Bar(name=name, x=[f"{t}<br>({domains[t]})" for t in tasks], y=[row.get(t) for t in tasks],
+               marker_color=colours.get(name, MERGED), text=[f"{row.get(t, 0):.0f}" for t in tasks], textposition="outside")
+        for name, row in scores.items()
+    ])
+    fig.update_layout(barmode="group", yaxis=dict(title="accuracy (%)", range=[0, 105]), title="probe accuracy by task",
+                      height=380, margin=dict(l=40, r=20, t=50, b=60))
+    return fig
+
+
+def tradeoff_curve(curves: Mapping[str, Sequence[Mapping[str, float]]], current: Mapping[str, float] | None = None) -> go.Figure:
+    """Speech average vs music average over alpha, one line per method; `current` marks this merge."""
+    fig = go.Figure()
+    for method, points in curves.items():
+        fig.add_trace(go.Scatter(
+            x=[p["music_avg"] for p in points], y=[p["speech_avg"] for p in points], mode="lines+markers+text",
+            name=method, text=[f"α={p['alpha']:g}" for p in points], textposition="top center",
+        ))
+    if current:
+        fig.add_trace(go.Scatter(x=[current["music_avg"]], y=[current["speech_avg"]], mode="markers", name="this merge",
+                                 marker=dict(symbol="star", size=16, color="black")))
+    fig.update_layout(title="speech vs music trade-off over α", xaxis_title="music probe average (%)",
+                      yaxis_title="speech probe average (%)", height=420, margin=dict(l=50, r=20, t=50, b=50))
+    return fig
