@@ -104,6 +104,40 @@ def run_merge(args) -> str:
     return summary
 
 
+def benchmark_parser(sub) -> None:
+    p = sub.add_parser("benchmark", help="probe scores of the encoders and of every merge method, as a Markdown table")
+    p.add_argument("--models", nargs="+", default=None, help="folders holding the named built-in models, or ROLE=PATH pairs")
+    p.add_argument("--alphas", type=_floats, default=[0, 0.25, 0.5, 0.75, 1], help="alphas for linear and permute (default 0,0.25,0.5,0.75,1)")
+    p.add_argument("--components", default="cnn,ffn,attn", help="groups permute aligns (default cnn,ffn,attn)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", help="also write the numbers as JSON to this file")
+    p.add_argument("--sweep", help="write the linear/permute trade-off curve as JSON here (and a plotly .html beside it)")
+
+
+def run_benchmark(args) -> str:
+    import platform
+
+    from .benchmark import MODELS_DIR, benchmark_rows, find_models, markdown_table, write_json, write_sweep
+    from .calibration import builtin_calibration
+    from .probes import builtin_suite
+
+    started = time.perf_counter()
+    suite = builtin_suite()
+    models = find_models(args.models or [MODELS_DIR])
+    if not models:
+        raise MergeError(f"no models found in {args.models or [str(MODELS_DIR)]}")
+    clips, _ = builtin_calibration()
+    components = [c.strip() for c in args.components.split(",") if c.strip()]
+    rows = benchmark_rows(suite, models, alphas=args.alphas, calibration=clips, components=components, seed=args.seed,
+                          log=lambda line: print(line, file=sys.stderr))
+    if args.json:
+        write_json(rows, args.json)
+    if args.sweep:
+        write_sweep(rows, args.sweep)
+    machine = f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
+    return markdown_table(rows) + f"\n\n{len(rows)} rows in {time.perf_counter() - started:.0f}s on {machine}, seed {args.seed}"
+
+
 def _describe(params: dict) -> str:
     return "(" + ", ".join(f"{k}={v}" for k, v in params.items()) + ")" if params else "(defaults)"
 
@@ -112,10 +146,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m merging", description="merge lab: merge speech and music encoders")
     sub = parser.add_subparsers(dest="command", required=True)
     merge_parser(sub)
+    benchmark_parser(sub)
     args = parser.parse_args(argv)
     try:
-        if args.command == "merge":
-            print(run_merge(args))
+        print(run_merge(args) if args.command == "merge" else run_benchmark(args))
     except MergeError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
