@@ -1,0 +1,388 @@
+"""Merge methods: one small pure function per method over state dicts, behind one registry.
+
+Every method takes state dicts with the same keys and shapes and returns a new state dict in the
+dtype of its first input, on the inputs' device; inputs are never modified. Tensors that are not
+floating point are copied from the first input. `alpha` is the weight on the music side.
+"""
+from __future__ import annotations
+
+import hashlib
+import inspect
+import operator
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import TypeVar
+
+import torch
+
+from .state import MergeError, StateDict, check_finite, check_same_keys
+
+Fn = TypeVar("Fn", bound=Callable[..., StateDict])
+
+
+@dataclass(frozen=True)
+class MergeMethod:
+    name: str
+    fn: Callable[..., StateDict]
+    inputs: tuple[str, ...]  # input roles, in the order of the function's positional parameters
+    defaults: dict[str, object]  # keyword parameters that have a default
+    description: str
+
+    @property
+    def parameters(self) -> tuple[str, ...]:
+        """Every keyword parameter of the method, required ones included."""
+        params = inspect.signature(self.fn).parameters.values()
+        return tuple(p.name for p in params if p.kind is p.KEYWORD_ONLY)
+
+
+METHODS: dict[str, MergeMethod] = {}
+
+
+def register(name: str, description: str) -> Callable[[Fn], Fn]:
+    """Decorator adding a method to METHODS. The function's positional parameters name its input
+    roles; its keyword-only parameters are the method's parameters, with their defaults."""
+
+    def add(fn: Fn) -> Fn:
+        old = METHODS.get(name)
+        if old is not None and (old.fn.__module__, old.fn.__qualname__) != (fn.__module__, fn.__qualname__):
+            raise ValueError(f"merge method '{name}' is already registered by {old.fn.__module__}.{old.fn.__qualname__}")
+        params = inspect.signature(fn).parameters.values()
+        inputs = tuple(p.name for p in params if p.kind is p.POSITIONAL_OR_KEYWORD)
+        defaults = {p.name: p.default for p in params if p.kind is p.KEYWORD_ONLY and p.default is not p.empty}
+        METHODS[name] = MergeMethod(name, fn, inputs, defaults, description)
+        return fn
+
+    return add
+
+
+def merge(method_name: str, inputs: dict[str, StateDict], **params) -> StateDict:
+    """Run the named method on the state dicts given by role, e.g. merge("linear", {"speech": s, "music": m}, alpha=0.1)."""
+    method = METHODS.get(method_name)
+    if method is None:
+        raise MergeError(f"unknown merge method '{method_name}': choose from {', '.join(METHODS)}")
+    missing = [role for role in method.inputs if role not in inputs]
+    extra = sorted(set(inputs) - set(method.inputs))
+    if missing or extra:
+        wrong = f"lacks '{missing[0]}'" if missing else f"has no role '{extra[0]}'"
+        raise MergeError(f"method '{method_name}' takes inputs {', '.join(method.inputs)}; the call {wrong}")
+    unknown = sorted(set(params) - set(method.parameters))
+    if unknown:
+        raise MergeError(
+            f"method '{method_name}' has no parameter '{unknown[0]}': valid are {', '.join(method.parameters) or 'none'}"
+        )
+    required = [p for p in method.parameters if p not in method.defaults and p not in params]
+    if required:
+        raise MergeError(f"method '{method_name}' needs the parameter '{required[0]}'")
+    return method.fn(*(inputs[role] for role in method.inputs), **params)
+
+
+# ---- checks -------------------------------------------------------------------------------------
+
+def _number(name: str, value, low: float, high: float, *, low_open: bool = False, high_open: bool = False) -> float:
+    """`value` as a float, or MergeError when it is not a number inside the interval."""
+    try:
+        x = float(value)
+    except (TypeError, ValueError):
+        x = float("nan")
+    inside = (low < x if low_open else low <= x) and (x < high if high_open else x <= high)
+    if isinstance(value, bool) or not inside:
+        interval = f"{'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+        raise MergeError(f"{name} must be a number in {interval}, got {value!r}")
+    return x
+
+
+def _total(tensor: torch.Tensor) -> torch.Tensor:
+    return tensor.sum(dtype=torch.promote_types(tensor.dtype, torch.float32)).double()
+
+
+def _finite_or_raise(totals: list[torch.Tensor], states: dict[str, StateDict]) -> None:
+    """Cheap finiteness check: sums of all entries are finite unless some entry is NaN or Inf (or the
+    sum overflows, which the exact per-tensor check then clears). One device sync for all tensors."""
+    if totals and not bool(torch.stack(totals).isfinite().all()):
+        for label, state in states.items():
+            check_finite(state, label)
+
+
+def _check_inputs(states: dict[str, StateDict]) -> None:
+    check_same_keys(states)
+    _finite_or_raise([_total(t) for state in states.values() for t in state.values() if t.is_floating_point()], states)
+
+
+_LAYER = re.compile(r"(?:^|\.)encoder\.layers\.(\d+)\.")
+
+
+def _per_tensor(names: Sequence[str], default, per_layer: Sequence | None, what: str) -> dict:
+    """Map every tensor name to `default`, or to its transformer layer's entry of `per_layer`."""
+    if per_layer is None:
+        return dict.fromkeys(names, default)
+    layer_of = {name: int(m.group(1)) for name in names if (m := _LAYER.search(name))}
+    layers = sorted(set(layer_of.values()))
+    if len(per_layer) != len(layers):
+        raise MergeError(f"{what} has {len(per_layer)} values but the model has {len(layers)} transformer layers")
+    position = {layer: i for i, layer in enumerate(layers)}
+    return {name: per_layer[position[layer_of[name]]] if name in layer_of else default for name in names}
+
+
+def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.promote_types(dtype, torch.float32)  # half precision is merged in float32
+
+
+# ---- linear ---------------------------------------------------------------------------------
+
+def _lerp(out: torch.Tensor | None, start: torch.Tensor, end: torch.Tensor, weight: float) -> torch.Tensor:
+    """start + weight·(end − start), written into `out` or a new tensor; weights 0 and 1 copy bitwise."""
+    if not start.is_floating_point() or weight == 0:
+        return start.clone() if out is None else out.copy_(start)
+    if weight == 1:
+        return end.to(start, copy=True) if out is None else out.copy_(end)
+    end = end.to(start)  # no copy when dtype and device already match
+    return torch.lerp(start, end, weight) if out is None else torch.lerp(start, end, weight, out=out)
+
+
+def _lerp_weights(first: StateDict, second: StateDict, alpha, layer_alphas, labels: tuple[str, str]) -> dict[str, float]:
+    alpha = _number("alpha", alpha, 0, 1)
+    if layer_alphas is not None:
+        layer_alphas = [_number("every layer alpha", a, 0, 1) for a in layer_alphas]
+    check_same_keys(dict(zip(labels, (first, second))))
+    return _per_tensor(list(first), alpha, layer_alphas, "layer_alphas")
+
+
+def _lerp_finite(out: StateDict, first: StateDict, second: StateDict, weights: dict[str, float], labels) -> None:
+    """A non-finite input shows in the output's sums, except one that weight 0 or 1 left out: sum that too."""
+    totals = []
+    for name, weight in weights.items():
+        if out[name].is_floating_point():
+            totals.append(_total(out[name]))
+            unused = second[name] if weight == 0 else first[name] if weight == 1 else None
+            if unused is not None and unused.is_floating_point():
+                totals.append(_total(unused))
+    _finite_or_raise(totals, dict(zip(labels, (first, second))))
+
+
+@register("linear", "(1−α)·speech + α·music, optionally with one α per transformer layer")
+def linear(speech: StateDict, music: StateDict, *, alpha: float = 0.5, layer_alphas: Sequence[float] | None = None) -> StateDict:
+    """(1−α)·speech + α·music. `layer_alphas` (one per `encoder.layers.{l}.`) overrides α inside those
+    layers; CNN, projection, positional conv, encoder norm and masked_spec_embed use `alpha`."""
+    labels = ("speech", "music")
+    weights = _lerp_weights(speech, music, alpha, layer_alphas, labels)
+    out = {name: _lerp(None, speech[name], music[name], weight) for name, weight in weights.items()}
+    _lerp_finite(out, speech, music, weights, labels)
+    return out
+
+
+def linear_into(
+    out: StateDict, speech: StateDict, music: StateDict, *, alpha: float, layer_alphas: Sequence[float] | None = None
+) -> StateDict:
+    """`linear` written into the preallocated `out` (same keys, shapes, dtypes and device as `speech`),
+    which is returned. On MergeError the contents of `out` are unspecified; the inputs are untouched."""
+    labels = ("speech", "music")
+    weights = _lerp_weights(speech, music, alpha, layer_alphas, labels)
+    check_same_keys({"speech": speech, "out": out})
+    for name, tensor in speech.items():
+        if (out[name].dtype, out[name].device) != (tensor.dtype, tensor.device):
+            raise MergeError(
+                f"output buffer '{name}' is {out[name].dtype} on {out[name].device}, "
+                f"but speech is {tensor.dtype} on {tensor.device}"
+            )
+    for name, weight in weights.items():
+        _lerp(out[name], speech[name], music[name], weight)
+    _lerp_finite(out, speech, music, weights, labels)
+    return out
+
+
+# ---- task vectors -------------------------------------------------------------------------------
+
+def _task_arithmetic_tensor(base: torch.Tensor, speech: torch.Tensor, music: torch.Tensor, ls: float, lm: float) -> torch.Tensor:
+    if not base.is_floating_point() or (ls, lm) == (0, 0):
+        return base.clone()
+    if (ls, lm) == (1, 0):
+        return speech.to(base, copy=True)
+    if (ls, lm) == (0, 1):
+        return music.to(base, copy=True)
+    dtype = _compute_dtype(base.dtype)
+    base = base.to(dtype)
+    out = torch.lerp(base, speech.to(base), ls)  # base + λs·(speech − base)
+    return out.add_(music.to(base) - base, alpha=lm)
+
+
+def _lambda_pair(pair, what: str) -> tuple[float, float]:
+    try:
+        ls, lm = pair
+    except (TypeError, ValueError):
+        raise MergeError(f"{what} must be (lambda_speech, lambda_music) pairs, got {pair!r}") from None
+    return _number(f"{what} lambda_speech", ls, -1, 2), _number(f"{what} lambda_music", lm, -1, 2)
+
+
+@register("task_arithmetic", "base + λs·(speech − base) + λm·(music − base), optionally with a (λs, λm) pair per transformer layer")
+def task_arithmetic(
+    base: StateDict,
+    speech: StateDict,
+    music: StateDict,
+    *,
+    lambda_speech: float = 0.5,
+    lambda_music: float = 0.5,
+    layer_lambdas: Sequence[tuple[float, float]] | None = None,
+) -> StateDict:
+    """base + λs·(speech − base) + λm·(music − base); `layer_lambdas` gives a (λs, λm) pair per transformer
+    layer. λ=(0,0) returns the base exactly, (1,0) the speech and (0,1) the music weights exactly."""
+    pair = _lambda_pair((lambda_speech, lambda_music), "task_arithmetic")
+    if layer_lambdas is not None:
+        layer_lambdas = [_lambda_pair(p, "every layer_lambdas entry") for p in layer_lambdas]
+    _check_inputs({"base": base, "speech": speech, "music": music})
+    pairs = _per_tensor(list(base), pair, layer_lambdas, "layer_lambdas")
+    return {name: _task_arithmetic_tensor(base[name], speech[name], music[name], *pairs[name]).to(base[name].dtype)
+            for name in base}
+
+
+def _trim(tensor: torch.Tensor, density: float) -> torch.Tensor:
+    """Zero all but the round(density·n) entries largest in magnitude (ties at the threshold are all kept)."""
+    if density >= 1 or tensor.numel() == 0:
+        return tensor
+    magnitude = tensor.abs()
+    keep = max(1, round(density * tensor.numel()))
+    threshold = magnitude.flatten().kthvalue(tensor.numel() - keep + 1).values
+    return tensor * (magnitude >= threshold)
+
+
+def _elected_agreement(parts: torch.Tensor) -> torch.Tensor:
+    """Per entry, which of the stacked `parts` are non-zero with the sign of their sum (a zero sum counts as +)."""
+    elected = torch.where(parts.sum(0) >= 0, 1, -1).to(parts.dtype)
+    return parts.sign() == elected
+
+
+def _task_vector_merge(base: StateDict, models: dict[str, StateDict], merge_tensor) -> StateDict:
+    """base + merge_tensor(name, [model − base, ...]) per floating tensor, computed in float32 or wider."""
+    out = {}
+    for name, b in base.items():
+        if not b.is_floating_point():
+            out[name] = b.clone()
+            continue
+        compute = b.to(_compute_dtype(b.dtype))
+        deltas = [m[name].to(compute) - compute for m in models.values()]
+        out[name] = (compute + merge_tensor(name, deltas)).to(b.dtype)
+    return out
+
+
+@register("ties", "TIES: trim task vectors to their top entries, elect signs, disjoint weighted mean")
+def ties(
+    base: StateDict, speech: StateDict, music: StateDict, *, lambda_speech: float = 1.0, lambda_music: float = 1.0, density: float = 0.2
+) -> StateDict:
+    """TIES-merging (mergekit's normalised form). Per tensor, each task vector τ = model − base keeps its
+    round(density·n) largest-magnitude entries; the sign of Σ λ·τ elects a sign per entry; the merged
+    delta is Σ λ·τ / Σ λ over the models that are non-zero there and agree with it (0 where none).
+    The λs therefore act as relative weights: (1, 1) and (2, 2) give the same result."""
+    lambdas = (_number("ties lambda_speech", lambda_speech, 0, 2), _number("ties lambda_music", lambda_music, 0, 2))
+    density = _number("density", density, 0, 1, low_open=True)
+    _check_inputs({"base": base, "speech": speech, "music": music})
+
+    def merge_tensor(_name, deltas):
+        weights = torch.tensor(lambdas, dtype=deltas[0].dtype, device=deltas[0].device).view(-1, *[1] * deltas[0].ndim)
+        weighted = torch.stack([_trim(d, density) for d in deltas]) * weights
+        agree = _elected_agreement(weighted)
+        divisor = (weights * agree).sum(0)
+        return (weighted * agree).sum(0) / divisor.masked_fill(divisor == 0, 1)
+
+    return _task_vector_merge(base, {"speech": speech, "music": music}, merge_tensor)
+
+
+def _tensor_seed(seed: int, role: str, name: str) -> int:
+    digest = hashlib.blake2b(f"{seed}|{role}|{name}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") & (2**63 - 1)
+
+
+@register("dare", "DARE: drop task-vector entries at random, rescale survivors, then task arithmetic")
+def dare(
+    base: StateDict, speech: StateDict, music: StateDict, *, lambda_speech: float = 0.5, lambda_music: float = 0.5, drop: float = 0.9, seed: int = 0
+) -> StateDict:
+    """DARE: each entry of τ = model − base is dropped with probability `drop` and survivors are scaled
+    by 1/(1 − drop); then base + λs·τ̂s + λm·τ̂m. The masks come from a CPU generator seeded by (seed,
+    role, tensor name), so a seed gives the same merge on every device. drop=0 is task_arithmetic."""
+    lambdas = _lambda_pair((lambda_speech, lambda_music), "dare")
+    drop = _number("drop", drop, 0, 1, high_open=True)
+    try:
+        seed = operator.index(seed)
+    except TypeError:
+        raise MergeError(f"seed must be an integer, got {seed!r}") from None
+    if drop == 0:
+        return task_arithmetic(base, speech, music, lambda_speech=lambda_speech, lambda_music=lambda_music)
+    _check_inputs({"base": base, "speech": speech, "music": music})
+
+    def merge_tensor(name, deltas):
+        merged = torch.zeros_like(deltas[0])
+        for role, delta, weight in zip(("speech", "music"), deltas, lambdas):
+            generator = torch.Generator().manual_seed(_tensor_seed(seed, role, name))
+            keep = torch.rand(delta.shape, generator=generator) >= drop
+            merged.add_(delta * keep.to(delta.device), alpha=weight / (1 - drop))
+        return merged
+
+    return _task_vector_merge(base, {"speech": speech, "music": music}, merge_tensor)
+
+
+def _drm_matrix(deltas: list[torch.Tensor], lambdas: tuple[float, float], density: float, rank_tol: float) -> torch.Tensor:
+    """Merged delta of one weight (conv weights as (out, rest)) in the joint right-singular space."""
+    shape = deltas[0].shape
+    active = [(d.reshape(shape[0], -1), w) for d, w in zip(deltas, lambdas) if w != 0 and bool(d.any())]
+    if not active:  # an all-zero task vector would otherwise enter the mean as renormalised rounding noise
+        return torch.zeros_like(deltas[0])
+    width = active[0][0].shape[1]
+    U, S, Vh = torch.linalg.svd(torch.cat([d for d, _ in active], dim=1), full_matrices=False)
+    kept = S > rank_tol * S[0]
+    U, S, Vh = U[:, kept], S[kept], Vh[kept]
+    parts = []
+    for i, (_, weight) in enumerate(active):
+        v = Vh[:, i * width:(i + 1) * width]
+        norms = v.norm(dim=1, keepdim=True)  # renormalise each row, moving its norm into the singular value
+        unit = _trim(v / norms.clamp_min(torch.finfo(v.dtype).tiny), density)
+        parts.append(weight * (S[:, None] * norms) * unit)
+    return (U @ _disjoint_mean(torch.stack(parts))).reshape(shape)
+
+
+def _disjoint_mean(parts: torch.Tensor) -> torch.Tensor:
+    """Mean over the stacked `parts` that are non-zero and agree with the elected sign (0 where none do)."""
+    agree = _elected_agreement(parts)
+    return (parts * agree).sum(0) / agree.sum(0).clamp_min(1)
+
+
+@register("drm", "Decom-Renorm-Merge: sign-elected disjoint merge of task vectors in their joint SVD space")
+def drm(
+    base: StateDict,
+    speech: StateDict,
+    music: StateDict,
+    *,
+    lambda_speech: float = 1.0,
+    lambda_music: float = 1.0,
+    density: float = 0.2,
+    rank_tol: float = 0.01,
+) -> StateDict:
+    """Decom-Renorm-Merge (arXiv 2505.23117, horizontal variant). For each weight with ≥ 2 dims, viewed as
+    (out, rest), with deltas Δ_i: [Δ_s Δ_m] = U·S·Vᵀ keeping S > rank_tol·S_max; Vᵀ splits into V_iᵀ, whose
+    rows are renormalised to unit norm (the norm moves into S_i); each V̂_iᵀ keeps its top `density`
+    fraction of entries (as in the authors' code and DESIGN.md: the pruning acts on the renormalised
+    basis, where entries are comparable); M_i = λ_i·diag(S_i)·V̂_iᵀ; signs are elected per entry, and
+    the mean over the agreeing non-zero M_i gives M; Δ = U·M. Other tensors (biases, norms,
+    masked_spec_embed) use the same sign election and disjoint mean of λ_i·Δ_i, untrimmed (the
+    authors' default for them). A model with λ=0 or an all-zero delta is left out of the tensor's merge."""
+    lambdas = _lambda_pair((lambda_speech, lambda_music), "drm")
+    density = _number("density", density, 0, 1, low_open=True)
+    rank_tol = _number("rank_tol", rank_tol, 0, 1, high_open=True)
+    _check_inputs({"base": base, "speech": speech, "music": music})
+
+    def merge_tensor(_name, deltas):
+        if deltas[0].ndim >= 2:
+            return _drm_matrix(deltas, lambdas, density, rank_tol)
+        return _disjoint_mean(torch.stack([w * d for d, w in zip(deltas, lambdas)]))
+
+    return _task_vector_merge(base, {"speech": speech, "music": music}, merge_tensor)
+
+
+# ---- fine-tuning -------------------------------------------------------------------------------
+
+@register("speech_ft", "θ_pre + α·(θ_ft − θ_pre): Speech-FT weight-space interpolation toward the fine-tuned model")
+def speech_ft(pretrained: StateDict, finetuned: StateDict, *, alpha: float = 0.25) -> StateDict:
+    """Speech-FT (arXiv 2502.12672): θ_pre + α·(θ_ft − θ_pre); α=0 is the pretrained model exactly."""
+    labels = ("pretrained", "finetuned")
+    weights = _lerp_weights(pretrained, finetuned, alpha, None, labels)
+    out = {name: _lerp(None, pretrained[name], finetuned[name], weight) for name, weight in weights.items()}
+    _lerp_finite(out, pretrained, finetuned, weights, labels)
+    return out
