@@ -42,6 +42,7 @@ def save_encoder(
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     partial = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.partial-", dir=out_dir.parent))
     try:
+        partial.chmod(0o755)  # mkdtemp makes it private; the result is an ordinary model folder
         saved_config = copy.deepcopy(config)
         saved_config.architectures = ["HubertModel"]
         saved_config.save_pretrained(partial)
@@ -86,6 +87,7 @@ def zip_encoder_dir(src_dir: str | Path, zip_path: str | Path) -> Path:
                 # weights barely compress; deflating them would only cost time
                 method = zipfile.ZIP_STORED if file.suffix in (".safetensors", ".bin") else zipfile.ZIP_DEFLATED
                 archive.write(file, Path(src_dir.name, file.relative_to(src_dir)).as_posix(), compress_type=method)
+        os.chmod(partial, 0o644)
         os.replace(partial, zip_path)
     except BaseException:
         Path(partial).unlink(missing_ok=True)

@@ -14,7 +14,7 @@ from transformers import HubertConfig, HubertModel
 from .state import MergeError, StateDict, check_finite
 
 HUB_TIMEOUT_S = 10.0
-_HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*$")
 _WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 _MERT_TYPES = {"mert_model", "music_hubert"}
 # Wrappers around the encoder whose weights carry a prefix (HubertForCTC: "hubert."), and the
@@ -22,7 +22,10 @@ _MERT_TYPES = {"mert_model", "music_hubert"}
 _PREFIXES = ("hubert.", "mert_model.", "mert.", "model.")
 _HEADS = ("lm_head.", "projector.", "classifier.", "layer_weights")
 _MERT_UNUSED = ("feature_extractor_cqt.",)  # nnAudio CQT kernels; the config refuses an enabled CQT
-_LEGACY_WEIGHT_NORM = {".weight_g": ".parametrizations.weight.original0", ".weight_v": ".parametrizations.weight.original1"}
+_LEGACY_WEIGHT_NORM = {  # transformers 4 names of the positional conv's weight norm -> transformers 5 names
+    ".weight_g": ".parametrizations.weight.original0",
+    ".weight_v": ".parametrizations.weight.original1",
+}
 
 # Fields that change weight shapes or the computation: two encoders must agree on all of them.
 COMPATIBILITY_FIELDS = (
@@ -78,22 +81,18 @@ def load_encoder(
         name = directory.name
     else:
         if allowed_hub_ids is not None and text not in allowed_hub_ids:
-            raise MergeError(f"hub id '{text}' is not one of the allowed encoders: {', '.join(allowed_hub_ids) or 'none'}")
+            allowed = ", ".join(allowed_hub_ids) or "none"
+            raise MergeError(f"hub id '{text}' is not one of the allowed encoders: {allowed}")
         directory = _download(text)
         name = text.split("/")[1]
     raw = _read_json(directory / "config.json", required=True)
     preprocessor = _read_json(directory / "preprocessor_config.json", required=False)
     is_mert = _is_mert(raw)
-    config = config_from_mert(raw, text) if is_mert else _hubert_config(raw, text)
+    config = config_from_mert(raw, text)  # also right for HuBERT: a MERT config without MERT's extensions
     state = _rename_keys(_read_weights(directory), drop=_MERT_UNUSED if is_mert else ())
-    if "sampling_rate" in preprocessor:
-        sample_rate = int(preprocessor["sampling_rate"])
-    elif is_mert:
-        sample_rate = int(raw.get("sample_rate") or (24000 if re.search(r"mert-v1", text, re.I) else 16000))
-    else:
-        sample_rate = 16000
     model = _build(config, state, what=f"checkpoint '{text}'", device=device, copy=False)
-    return Encoder(model, sample_rate, bool(preprocessor.get("do_normalize", False)), name, text)
+    normalize = bool(preprocessor.get("do_normalize", False))
+    return Encoder(model, _sample_rate(preprocessor, raw, text), normalize, name, text)
 
 
 def encoder_from_state(
@@ -107,10 +106,13 @@ def encoder_from_state(
     device: str | torch.device = "cpu",
 ) -> Encoder:
     """A fresh eval-mode HubertModel holding a copy of `state` (checked: same keys/shapes, finite)."""
-    return Encoder(build_model(config, state, what=f"weights of '{name}'", device=device), sample_rate, normalize, name, source)
+    model = build_model(config, state, what=f"weights of '{name}'", device=device)
+    return Encoder(model, sample_rate, normalize, name, source)
 
 
-def build_model(config: HubertConfig, state: StateDict, *, what: str = "weights", device: str | torch.device = "cpu") -> HubertModel:
+def build_model(
+    config: HubertConfig, state: StateDict, *, what: str = "weights", device: str | torch.device = "cpu"
+) -> HubertModel:
     """An eval-mode HubertModel holding a float32 copy of `state`; MergeError if keys, shapes or values are wrong."""
     return _build(config, _rename_keys(state), what=what, device=device, copy=True)
 
@@ -123,11 +125,16 @@ def check_compatible(a: HubertConfig, b: HubertConfig, names: tuple[str, str] = 
     for field in COMPATIBILITY_FIELDS:
         value_a, value_b = _comparable(getattr(a, field, None)), _comparable(getattr(b, field, None))
         if value_a != value_b:
-            raise MergeError(f"incompatible encoders: {field} is {value_a} in '{names[0]}' but {value_b} in '{names[1]}'")
+            raise MergeError(
+                f"incompatible encoders: {field} is {value_a} in '{names[0]}' but {value_b} in '{names[1]}'"
+            )
 
 
 def config_from_mert(raw: dict[str, Any], source: str = "MERT checkpoint") -> HubertConfig:
-    """Translate a MERT config.json (MERTConfig fields) into the HubertConfig of the same network."""
+    """Translate a MERT (or HuBERT) config.json into the HubertConfig of the same network.
+
+    Refuses MERT's extensions that HubertModel lacks; ignores fields HubertConfig does not know.
+    """
     # MERT's extensions beyond HuBERT: a CQT front end concatenated to the CNN features, and DeepNorm
     # residual scaling. HubertModel has neither. (`attention_relax` only acts inside DeepNorm layers,
     # and there only as a softmax-invariant max subtraction.)
@@ -135,15 +142,22 @@ def config_from_mert(raw: dict[str, Any], source: str = "MERT checkpoint") -> Hu
         raise MergeError(f"'{source}' needs MERT's CQT front end (feature_extractor_cqt=true), which HubertModel lacks")
     if raw.get("deepnorm"):
         raise MergeError(f"'{source}' uses MERT's DeepNorm residual scaling (deepnorm=true), which HubertModel lacks")
+    # MERTConfig's defaults equal HubertConfig's for every shared field, so absent fields mean the same.
     fields = {key: value for key, value in raw.items() if key in HubertConfig.__annotations__}
-    return _hubert_config(fields, source)
-
-
-def _hubert_config(fields: dict[str, Any], source: str) -> HubertConfig:
     try:
         return HubertConfig.from_dict(fields)
     except Exception as error:  # strict-dataclass validation: a readable reason is enough
         raise MergeError(f"'{source}' has an invalid config.json: {_one_line(error)}") from None
+
+
+def _sample_rate(preprocessor: dict[str, Any], raw: dict[str, Any], source: str) -> int:
+    """The feature extractor's rate, else MERT's `sample_rate` field, else by MERT version (v1: 24 kHz), else 16 kHz."""
+    rate = preprocessor.get("sampling_rate") or raw.get("sample_rate")
+    if rate is None:
+        return 24000 if re.search(r"mert-v1", source, re.IGNORECASE) else 16000
+    if not isinstance(rate, int) or isinstance(rate, bool) or rate <= 0:
+        raise MergeError(f"'{source}' gives an invalid sample rate: {rate!r}")
+    return rate
 
 
 def _is_mert(raw: dict[str, Any]) -> bool:
@@ -153,7 +167,8 @@ def _is_mert(raw: dict[str, Any]) -> bool:
         return True
     if model_type == "hubert":
         return False
-    raise MergeError(f"config.json describes a '{model_type}' model ({architectures or 'no architectures'}), not HuBERT or MERT")
+    described = f"'{model_type}' model ({architectures or 'no architectures'})"
+    raise MergeError(f"config.json describes a {described}, not HuBERT or MERT")
 
 
 def _allowed_directory(path: Path, allowed_roots: Sequence[Path] | None) -> Path:
@@ -177,14 +192,14 @@ def _download(repo_id: str) -> Path:
         return MergeError(f"could not download '{repo_id}' from the Hugging Face hub: {reason}")
 
     def snapshot(weights: str, **kwargs) -> Path:
-        return Path(snapshot_download(repo_id, allow_patterns=["config.json", "preprocessor_config.json", weights], **kwargs))
+        patterns = ["config.json", "preprocessor_config.json", weights]
+        return Path(snapshot_download(repo_id, allow_patterns=patterns, **kwargs))
 
     if _hub_offline():
         try:
-            directory = snapshot(_WEIGHT_FILES[0], local_files_only=True)
+            return snapshot(_WEIGHT_FILES[0], local_files_only=True)
         except Exception:
             raise fail("HF_HUB_OFFLINE=1 is set and it is not in the local cache") from None
-        return directory
     try:
         # Resolve the revision with a timeout first: later calls pinned to a commit skip the
         # untimed repo-info request, so an unreachable hub fails in seconds, not minutes.

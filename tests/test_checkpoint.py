@@ -133,7 +133,8 @@ def test_zip_holds_the_directory_and_reloads(tmp_path):
 
 
 def test_interrupted_zip_leaves_nothing(tmp_path, monkeypatch):
-    out = save_encoder(tmp_path / "merged", merged_state(tiny_config()), tiny_config(), sample_rate=16000, normalize=False)
+    config = tiny_config()
+    out = save_encoder(tmp_path / "merged", merged_state(config), config, sample_rate=16000, normalize=False)
     (tmp_path / "zips").mkdir()
 
     def fail(*args, **kwargs):

@@ -1,6 +1,7 @@
 import json
 import time
 
+import huggingface_hub
 import huggingface_hub.constants
 import pytest
 import torch
@@ -32,8 +33,8 @@ def outputs(model):
 def save_hubert(model, path, preprocessor=None):
     model.save_pretrained(path)
     if preprocessor is not None:
-        (path / "preprocessor_config.json").write_text(json.dumps({
-            "feature_extractor_type": "Wav2Vec2FeatureExtractor", "feature_size": 1, "padding_value": 0.0, **preprocessor}))
+        fields = {"feature_extractor_type": "Wav2Vec2FeatureExtractor", "feature_size": 1, "padding_value": 0.0}
+        (path / "preprocessor_config.json").write_text(json.dumps({**fields, **preprocessor}))
     return path
 
 
@@ -126,9 +127,10 @@ def test_mert_sample_rate_falls_back_on_the_version_in_its_name(tmp_path, name, 
     assert load_encoder(save_mert(tiny_model(), tmp_path / name, sample_rate=None)).sample_rate == rate
 
 
+@pytest.mark.parametrize("model_type", ["mert_model", "hubert"])  # MERT-v1-330M's own config says "hubert"
 @pytest.mark.parametrize("field, message", [("feature_extractor_cqt", "CQT front end"), ("deepnorm", "DeepNorm")])
-def test_mert_parts_hubert_model_lacks_are_refused(tmp_path, field, message):
-    path = save_mert(tiny_model(), tmp_path / "mert", **{field: True})
+def test_mert_parts_hubert_model_lacks_are_refused(tmp_path, field, message, model_type):
+    path = save_mert(tiny_model(), tmp_path / "mert", model_type=model_type, **{field: True})
     with pytest.raises(MergeError, match=message):
         load_encoder(path)
     with pytest.raises(MergeError, match=field):
@@ -168,6 +170,32 @@ def test_unreachable_hub_fails_fast_with_one_line(offline_cache, monkeypatch):
     assert time.monotonic() - start < 10
 
 
+def test_hub_download_pins_the_revision_and_falls_back_on_bin_weights(tmp_path, monkeypatch):
+    snapshot = save_mert(tiny_model(seed=8), tmp_path / "snapshot", sample_rate=None)
+    calls = []
+
+    class FakeApi:
+        def repo_info(self, repo_id, timeout):
+            calls.append(("repo_info", repo_id, timeout))
+            return type("Info", (), {"sha": "abc123"})()
+
+    def fake_snapshot_download(repo_id, allow_patterns, revision, etag_timeout):
+        calls.append(("snapshot", repo_id, revision, tuple(allow_patterns)))
+        return str(snapshot)
+
+    monkeypatch.setattr(huggingface_hub, "HfApi", FakeApi)
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_snapshot_download)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    encoder = load_encoder("m-a-p/MERT-v1-95M", allowed_hub_ids=["m-a-p/MERT-v1-95M"])
+    assert (encoder.name, encoder.source, encoder.sample_rate) == ("MERT-v1-95M", "m-a-p/MERT-v1-95M", 24000)
+    files = ("config.json", "preprocessor_config.json")
+    assert calls == [
+        ("repo_info", "m-a-p/MERT-v1-95M", 10.0),
+        ("snapshot", "m-a-p/MERT-v1-95M", "abc123", (*files, "model.safetensors")),
+        ("snapshot", "m-a-p/MERT-v1-95M", "abc123", (*files, "pytorch_model.bin")),
+    ]
+
+
 def test_hub_allow_list(offline_cache, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(MergeError, match="not one of the allowed encoders: m-a-p/MERT-v0-public"):
@@ -186,6 +214,8 @@ def test_local_paths_must_stay_inside_the_allowed_roots(tmp_path):
         with pytest.raises(MergeError, match="outside the allowed model folders"):
             load_encoder(escape, allowed_roots=[allowed])
     assert load_encoder(allowed / "link").name == "model"  # no roots: no restriction
+    with pytest.raises(MergeError, match="outside the allowed model folders"):  # a path, never a hub id
+        load_encoder("../b", allowed_roots=[allowed])
 
 
 def _drop_weight(path):
@@ -223,11 +253,12 @@ def _rewrite_config(**changes):
     (lambda p: (p / "config.json").write_text("{not json"), "cannot read .*config.json"),
     (_rewrite_config(model_type="wav2vec2", architectures=["Wav2Vec2Model"]), "describes a 'wav2vec2' model"),
     (_rewrite_config(hidden_size="big"), "invalid config.json: .*hidden_size"),
+    (lambda p: (p / "preprocessor_config.json").write_text('{"sampling_rate": "fast"}'), "invalid sample rate: 'fast'"),
     (lambda p: (p / "model.safetensors").unlink(), r"has no weights \(model.safetensors or pytorch_model.bin\)"),
     (lambda p: (p / "model.safetensors").write_bytes(b"garbage"), "cannot read weights"),
     (_drop_weight, "lacks weight 'encoder.layers.1.feed_forward.output_dense.bias'"),
     (_extra_weight, "unexpected weight 'encoder.adapter.weight'"),
-    (_reshape_weight, r"'encoder.layers.0.attention.q_proj.weight' has shape \(32, 31\) but the config needs \(32, 32\)"),
+    (_reshape_weight, r"'encoder.layers.0.attention.q_proj.weight' has shape \(32, 31\) but the config needs \(32, 32"),
     (_nan_weight, "'encoder.layers.0.attention.k_proj.bias' contains NaN"),
 ])
 def test_bad_checkpoints_are_refused_naming_the_problem(tmp_path, damage, message):
@@ -246,7 +277,8 @@ def test_missing_directory_is_refused(tmp_path):
 def test_incompatible_pairs_name_the_first_mismatch():
     base = tiny_config()
     check_compatible(base, tiny_config(hidden_dropout=0.3, mask_time_prob=0.0))  # training-only fields may differ
-    with pytest.raises(MergeError, match="^incompatible encoders: num_hidden_layers is 2 in 'speech' but 3 in 'music'$"):
+    message = "^incompatible encoders: num_hidden_layers is 2 in 'speech' but 3 in 'music'$"
+    with pytest.raises(MergeError, match=message):
         check_compatible(base, tiny_config(num_hidden_layers=3))
     with pytest.raises(MergeError, match="hidden_size is 32 in 'speech' but 64 in 'music'"):
         check_compatible(base, tiny_config(hidden_size=64, num_hidden_layers=3))
@@ -273,9 +305,10 @@ def test_encoder_from_state_copies_and_never_mutates_its_input():
 
 def test_encoder_from_state_accepts_legacy_names_and_refuses_bad_values():
     source = tiny_model(seed=7)
-    encoder = encoder_from_state(source.config, legacy_state(source), sample_rate=16000, normalize=False, name="m", source="")
+    settings = dict(sample_rate=16000, normalize=False, name="m", source="")
+    encoder = encoder_from_state(source.config, legacy_state(source), **settings)
     assert torch.equal(outputs(encoder.model), outputs(source))
     broken = legacy_state(source)
     broken["masked_spec_embed"][0] = float("inf")
     with pytest.raises(MergeError, match="weights of 'm': tensor 'masked_spec_embed' contains NaN or Inf"):
-        encoder_from_state(source.config, broken, sample_rate=16000, normalize=False, name="m", source="")
+        encoder_from_state(source.config, broken, **settings)
