@@ -92,21 +92,31 @@ def _number(name: str, value, low: float, high: float, *, low_open: bool = False
     return x
 
 
-def _total(tensor: torch.Tensor) -> torch.Tensor:
-    return tensor.sum(dtype=torch.promote_types(tensor.dtype, torch.float32)).double()
+def _all_finite(tensors: list[torch.Tensor]) -> bool:
+    """Whether every entry is finite, from one reduction per tensor and one sync per device: a NaN or Inf
+    makes the norm or sum non-finite (an overflowing sum only sends the caller to the exact check).
+    On GPUs one fused multi-tensor norm is cheapest, on CPUs a plain sum per tensor."""
+    by_device: dict[torch.device, list[torch.Tensor]] = {}
+    for tensor in tensors:
+        if tensor.is_floating_point() and tensor.numel():
+            by_device.setdefault(tensor.device, []).append(tensor)
+    verdicts = [
+        torch.stack(torch._foreach_norm(group) if device.type == "cuda" else [t.sum() for t in group]).isfinite().all()
+        for device, group in by_device.items()
+    ]
+    return all(bool(v) for v in verdicts)
 
 
-def _finite_or_raise(totals: list[torch.Tensor], states: dict[str, StateDict]) -> None:
-    """Cheap finiteness check: sums of all entries are finite unless some entry is NaN or Inf (or the
-    sum overflows, which the exact per-tensor check then clears). One device sync for all tensors."""
-    if totals and not bool(torch.stack(totals).isfinite().all()):
+def _finite_or_raise(tensors: list[torch.Tensor], states: dict[str, StateDict]) -> None:
+    """MergeError naming the first non-finite tensor of `states`, when the cheap check of `tensors` fails."""
+    if not _all_finite(tensors):
         for label, state in states.items():
             check_finite(state, label)
 
 
 def _check_inputs(states: dict[str, StateDict]) -> None:
     check_same_keys(states)
-    _finite_or_raise([_total(t) for state in states.values() for t in state.values() if t.is_floating_point()], states)
+    _finite_or_raise([t for state in states.values() for t in state.values()], states)
 
 
 _LAYER = re.compile(r"(?:^|\.)encoder\.layers\.(\d+)\.")
@@ -130,14 +140,34 @@ def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
 
 # ---- linear ---------------------------------------------------------------------------------
 
-def _lerp(out: torch.Tensor | None, start: torch.Tensor, end: torch.Tensor, weight: float) -> torch.Tensor:
-    """start + weight·(end − start), written into `out` or a new tensor; weights 0 and 1 copy bitwise."""
-    if not start.is_floating_point() or weight == 0:
-        return start.clone() if out is None else out.copy_(start)
-    if weight == 1:
-        return end.to(start, copy=True) if out is None else out.copy_(end)
-    end = end.to(start)  # no copy when dtype and device already match
-    return torch.lerp(start, end, weight) if out is None else torch.lerp(start, end, weight, out=out)
+def _lerp_into(outs: list[torch.Tensor], starts: list[torch.Tensor], ends: list[torch.Tensor], weight: float) -> None:
+    """outs[i] = starts[i] + weight·(ends[i] − starts[i]); weights 0 and 1 copy bitwise."""
+    if weight in (0, 1):
+        torch._foreach_copy_(outs, starts if weight == 0 else ends)
+    elif outs[0].is_cuda:  # two fused multi-tensor kernels beat hundreds of small launches
+        torch._foreach_copy_(outs, starts)
+        torch._foreach_lerp_(outs, ends, weight)
+    else:  # on CPU one pass per tensor is cheaper
+        for out, start, end in zip(outs, starts, ends):
+            torch.lerp(start, end, weight, out=out)
+
+
+def _lerp_states(out: StateDict, first: StateDict, second: StateDict, weights: dict[str, float], labels) -> StateDict:
+    """Fill `out` with first + w·(second − first), w per tensor name; MergeError if an input is not finite."""
+    groups: dict[float, list[str]] = {}
+    for name, weight in weights.items():
+        if first[name].is_floating_point():
+            groups.setdefault(weight, []).append(name)
+        else:
+            out[name].copy_(first[name])
+    checked = []  # the outputs show any non-finite input, except those that weight 0 or 1 left out
+    for weight, names in groups.items():
+        outs = [out[name] for name in names]
+        ends = [second[name].to(first[name]) for name in names]  # no copy when dtype and device match
+        _lerp_into(outs, [first[name] for name in names], ends, weight)
+        checked += outs + ([second[name] for name in names] if weight == 0 else [first[name] for name in names] if weight == 1 else [])
+    _finite_or_raise(checked, dict(zip(labels, (first, second))))
+    return out
 
 
 def _lerp_weights(first: StateDict, second: StateDict, alpha, layer_alphas, labels: tuple[str, str]) -> dict[str, float]:
@@ -148,27 +178,13 @@ def _lerp_weights(first: StateDict, second: StateDict, alpha, layer_alphas, labe
     return _per_tensor(list(first), alpha, layer_alphas, "layer_alphas")
 
 
-def _lerp_finite(out: StateDict, first: StateDict, second: StateDict, weights: dict[str, float], labels) -> None:
-    """A non-finite input shows in the output's sums, except one that weight 0 or 1 left out: sum that too."""
-    totals = []
-    for name, weight in weights.items():
-        if out[name].is_floating_point():
-            totals.append(_total(out[name]))
-            unused = second[name] if weight == 0 else first[name] if weight == 1 else None
-            if unused is not None and unused.is_floating_point():
-                totals.append(_total(unused))
-    _finite_or_raise(totals, dict(zip(labels, (first, second))))
-
-
 @register("linear", "(1−α)·speech + α·music, optionally with one α per transformer layer")
 def linear(speech: StateDict, music: StateDict, *, alpha: float = 0.5, layer_alphas: Sequence[float] | None = None) -> StateDict:
     """(1−α)·speech + α·music. `layer_alphas` (one per `encoder.layers.{l}.`) overrides α inside those
     layers; CNN, projection, positional conv, encoder norm and masked_spec_embed use `alpha`."""
     labels = ("speech", "music")
     weights = _lerp_weights(speech, music, alpha, layer_alphas, labels)
-    out = {name: _lerp(None, speech[name], music[name], weight) for name, weight in weights.items()}
-    _lerp_finite(out, speech, music, weights, labels)
-    return out
+    return _lerp_states({name: torch.empty_like(t) for name, t in speech.items()}, speech, music, weights, labels)
 
 
 def linear_into(
@@ -185,10 +201,7 @@ def linear_into(
                 f"output buffer '{name}' is {out[name].dtype} on {out[name].device}, "
                 f"but speech is {tensor.dtype} on {tensor.device}"
             )
-    for name, weight in weights.items():
-        _lerp(out[name], speech[name], music[name], weight)
-    _lerp_finite(out, speech, music, weights, labels)
-    return out
+    return _lerp_states(out, speech, music, weights, labels)
 
 
 # ---- task vectors -------------------------------------------------------------------------------
@@ -240,8 +253,9 @@ def _trim(tensor: torch.Tensor, density: float) -> torch.Tensor:
     if density >= 1 or tensor.numel() == 0:
         return tensor
     magnitude = tensor.abs()
-    keep = max(1, round(density * tensor.numel()))
-    threshold = magnitude.flatten().kthvalue(tensor.numel() - keep + 1).values
+    rank = tensor.numel() - max(1, round(density * tensor.numel()))  # of the threshold, ascending from 0
+    flat = magnitude.flatten()
+    threshold = flat.sort().values[rank] if flat.is_cuda else flat.kthvalue(rank + 1).values  # each is slow on the other device
     return tensor * (magnitude >= threshold)
 
 
@@ -383,6 +397,4 @@ def speech_ft(pretrained: StateDict, finetuned: StateDict, *, alpha: float = 0.2
     """Speech-FT (arXiv 2502.12672): θ_pre + α·(θ_ft − θ_pre); α=0 is the pretrained model exactly."""
     labels = ("pretrained", "finetuned")
     weights = _lerp_weights(pretrained, finetuned, alpha, None, labels)
-    out = {name: _lerp(None, pretrained[name], finetuned[name], weight) for name, weight in weights.items()}
-    _lerp_finite(out, pretrained, finetuned, weights, labels)
-    return out
+    return _lerp_states({name: torch.empty_like(t) for name, t in pretrained.items()}, pretrained, finetuned, weights, labels)

@@ -89,6 +89,12 @@ def test_linear_into_reuses_the_buffers_and_matches_linear(models):
         linear_into({k: v for k, v in out.items() if k != "masked_spec_embed"}, speech, music, alpha=0.5)
 
 
+def test_a_sum_that_overflows_is_not_mistaken_for_a_non_finite_input():
+    big = {"w": torch.full((8,), 60000.0, dtype=torch.float16)}  # finite, but its float16 sum is inf
+    torch.testing.assert_close(linear(big, big, alpha=0.5)["w"], big["w"])
+    assert_same(task_arithmetic(big, big, big), big)
+
+
 def test_dtype_of_the_first_input_is_kept_and_integer_tensors_are_copied_from_it():
     first = {"w": torch.randn(4, 3, dtype=torch.float16), "count": torch.tensor([3, 4])}
     others = [{"w": torch.randn(4, 3), "count": torch.tensor([7, 8])} for _ in range(2)]
@@ -209,6 +215,11 @@ def test_drm_with_one_task_vector_zero_reconstructs_the_other(models):
     assert_close(merged, {k: base[k] + 0.7 * (speech[k] - base[k]) for k in base}, atol=1e-5, rtol=1e-5)
     assert_same(drm(base, base, base), base)
     assert_close(drm(base, speech, speech, density=1.0, rank_tol=0.0), speech, atol=1e-5, rtol=1e-5)
+
+
+def test_drm_ignores_a_model_with_zero_weight(models):
+    base, speech, music = models["base"], models["speech"], models["music"]
+    assert_same(drm(base, speech, music, lambda_music=0, density=0.3), drm(base, speech, base, density=0.3))
 
 
 def matrix_case(ds, dm, **params):
