@@ -103,6 +103,8 @@ def test_dtype_of_the_first_input_is_kept_and_integer_tensors_are_copied_from_it
         merged = merge(method, inputs)
         assert merged["w"].dtype == torch.float16 and torch.isfinite(merged["w"]).all(), method
         assert torch.equal(merged["count"], first["count"]) and merged["count"] is not first["count"], method
+    into = linear_into({k: torch.empty_like(v) for k, v in first.items()}, first, others[0], alpha=0.5)
+    assert torch.equal(into["count"], first["count"]) and into["w"].dtype == torch.float16
 
 
 # ---- task arithmetic ----------------------------------------------------------------------------
@@ -323,6 +325,25 @@ def test_out_of_range_parameters_are_refused(method, params, models):
         merge(method, roles_for(method, models), **params)
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("method", list(METHODS))
+def test_cuda_merges_match_cpu_and_refuse_nan(method, models):
+    inputs = roles_for(method, models)
+    cuda = {role: {k: v.cuda() for k, v in s.items()} for role, s in inputs.items()}
+    params = {"density": 0.5} if "density" in METHODS[method].defaults else {}
+    on_cpu, on_cuda = merge(method, inputs, **params), merge(method, cuda, **params)
+    assert all(t.is_cuda for t in on_cuda.values())
+    assert_close({k: v.cpu() for k, v in on_cuda.items()}, on_cpu, atol=1e-4, rtol=1e-4)
+    if method == "linear":
+        out = {k: torch.empty_like(v) for k, v in cuda["speech"].items()}
+        assert_same(linear_into(out, cuda["speech"], cuda["music"], alpha=0.5), on_cuda)
+    last = METHODS[method].inputs[-1]
+    bad = dict(cuda[last], masked_spec_embed=cuda[last]["masked_spec_embed"].clone())
+    bad["masked_spec_embed"][3] = float("nan")
+    with pytest.raises(MergeError, match="masked_spec_embed"):
+        merge(method, {**cuda, last: bad})
+
+
 # ---- registry -----------------------------------------------------------------------------------
 
 def test_registry_describes_and_dispatches(models):
@@ -338,9 +359,9 @@ def test_registry_refuses_unknown_methods_roles_and_parameters(models):
     pair = {"speech": models["speech"], "music": models["music"]}
     with pytest.raises(MergeError, match="unknown merge method 'slerp'.*linear.*drm"):
         merge("slerp", pair)
-    with pytest.raises(MergeError, match="base, speech, music.*lacks 'base'"):
+    with pytest.raises(MergeError, match="base, speech, music, but 'base' is missing"):
         merge("ties", pair)
-    with pytest.raises(MergeError, match="no role 'base'"):
+    with pytest.raises(MergeError, match="speech, music, not 'base'"):
         merge("linear", {**pair, "base": models["base"]})
     with pytest.raises(MergeError, match="no parameter 'density'.*alpha, layer_alphas"):
         merge("linear", pair, density=0.5)
