@@ -12,7 +12,7 @@ import operator
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
 import torch
 
@@ -218,6 +218,23 @@ def linear_into(
                 f"but speech is {tensor.dtype} on {tensor.device}"
             )
     return _lerp_states(speech, music, weights, labels, out)
+
+
+class Aligner(Protocol):
+    def apply(self, music: StateDict) -> StateDict: ...
+
+
+@register("permute", "correlation-permutation: move music into the speech basis (exact re-ordering), then linear")
+def permute(
+    speech: StateDict,
+    music: StateDict,
+    *,
+    alignment: Aligner,
+    alpha: float = 0.5,
+    layer_alphas: Sequence[float] | None = None,
+) -> StateDict:
+    """`linear` of speech and the music weights re-ordered by `alignment` (a `merging.align.Alignment`)."""
+    return linear(speech, alignment.apply(music), alpha=alpha, layer_alphas=layer_alphas)
 
 
 # ---- task vectors -------------------------------------------------------------------------------

@@ -6,6 +6,7 @@ import torch
 
 from merging.align import CrossCorrelation, correlation_align, solve_blocked, weight_align
 from merging.encoders import Encoder
+from merging.features import encoder_input, match_frames
 from merging.spec import COMPONENTS, apply_permutations, hubert_spec, random_permutations
 from merging.state import MergeError, state_checksum
 from tiny import TINY_VARIANTS, tiny_config, tiny_model
@@ -76,14 +77,29 @@ def test_independent_models_gain_correlation_on_matched_units():
         assert objective[torch.arange(n), group.perm].sum() >= objective.diagonal().sum() - 1e-4
 
 
-def test_encoders_at_different_sample_rates_are_matched_frame_by_frame():
+def test_encoders_at_different_sample_rates_are_matched_frame_by_frame(monkeypatch):
+    # The music encoder hears the clips resampled to 24 kHz (1.5x the samples, so 1.5x the frames); its
+    # activations are resampled in time to the speech encoder's frames before they are correlated.
     model = tiny_model()
     copy, _ = permuted_copy(model, ("cnn", "ffn"))
-    clips = calibration(6, seconds=0.5, sample_rate=16000)
-    alignment = correlation_align(encoder(model), encoder(copy, "music", sample_rate=24000), clips, 16000,
-                                  components=("ffn",))
-    for group in alignment.groups.values():  # the music copy hears resampled audio: close, not exact
-        assert group.after > group.before + 0.3
+    seen = []
+    update = CrossCorrelation.update
+    monkeypatch.setattr(CrossCorrelation, "update", lambda self, a, b: (seen.append((a.shape, b.shape)), update(self, a, b)))
+    music = encoder(copy, "music", sample_rate=24000)
+    inputs = encoder_input(music, calibration(2, seconds=0.5), 16000)
+    assert inputs.shape[-1] == 12000
+    alignment = correlation_align(encoder(model), music, calibration(6, seconds=0.5), 16000, components=("ffn",))
+    assert seen and all(a == b for a, b in seen)
+    assert all(sorted(g.perm.tolist()) == list(range(len(g.perm))) for g in alignment.groups.values())
+
+
+def test_frames_are_matched_by_linear_resampling_in_time():
+    ramp = torch.linspace(0, 1, 37).reshape(1, 37, 1).repeat(2, 1, 3)
+    matched = match_frames(ramp, 24)
+    assert matched.shape == (2, 24, 3)
+    assert torch.all(matched[:, 1:] > matched[:, :-1])  # order kept
+    assert torch.allclose(matched[0, :, 0], torch.linspace(0, 1, 24), atol=0.05)
+    assert match_frames(ramp, 37) is ramp
 
 
 def test_weight_matching_recovers_a_permuted_copy():

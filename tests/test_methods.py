@@ -17,6 +17,18 @@ def models():
     return {"speech": state(0), "music": state(1), "base": state(2)}
 
 
+class Unpermuted:
+    """A stand-in alignment for `permute` that leaves the music weights in their order."""
+
+    def apply(self, music):
+        return music
+
+
+def required(method):
+    """The parameters a method cannot run without."""
+    return {"alignment": Unpermuted()} if method == "permute" else {}
+
+
 def roles_for(method, models):
     names = {"pretrained": "speech", "finetuned": "music"}
     return {role: models[names.get(role, role)] for role in METHODS[method].inputs}
@@ -100,11 +112,31 @@ def test_dtype_of_the_first_input_is_kept_and_integer_tensors_are_copied_from_it
     others = [{"w": torch.randn(4, 3), "count": torch.tensor([7, 8])} for _ in range(2)]
     for method in METHODS:
         inputs = dict(zip(METHODS[method].inputs, [first, *others]))
-        merged = merge(method, inputs)
+        merged = merge(method, inputs, **required(method))
         assert merged["w"].dtype == torch.float16 and torch.isfinite(merged["w"]).all(), method
         assert torch.equal(merged["count"], first["count"]) and merged["count"] is not first["count"], method
     into = linear_into({k: torch.empty_like(v) for k, v in first.items()}, first, others[0], alpha=0.5)
     assert torch.equal(into["count"], first["count"]) and into["w"].dtype == torch.float16
+
+
+def test_permute_interpolates_toward_the_aligned_music_weights(models):
+    from merging.spec import hubert_spec, random_permutations, apply_permutations
+
+    class Shuffled:
+        spec = hubert_spec(tiny_config())
+        perms = random_permutations(spec, ("cnn", "ffn", "attn"), torch.Generator().manual_seed(5))
+
+        def apply(self, music):
+            return apply_permutations(music, self.spec, self.perms)
+
+    speech, music, alignment = models["speech"], models["music"], Shuffled()
+    aligned = alignment.apply(music)
+    assert_same(merge("permute", {"speech": speech, "music": music}, alignment=alignment, alpha=1), aligned)
+    assert_same(merge("permute", {"speech": speech, "music": music}, alignment=alignment, alpha=0), speech)
+    assert_close(merge("permute", {"speech": speech, "music": music}, alignment=alignment, alpha=0.3),
+                 linear(speech, aligned, alpha=0.3))
+    with pytest.raises(MergeError, match="needs the parameter 'alignment'"):
+        merge("permute", {"speech": speech, "music": music})
 
 
 # ---- task arithmetic ----------------------------------------------------------------------------
@@ -278,7 +310,7 @@ def test_speech_ft_interpolates_toward_the_finetuned_model(models):
 def test_inputs_are_never_mutated(method, models):
     inputs = roles_for(method, models)
     before = {role: state_checksum(s) for role, s in inputs.items()}
-    merge(method, inputs)
+    merge(method, inputs, **required(method))
     assert {role: state_checksum(s) for role, s in inputs.items()} == before
 
 
@@ -292,7 +324,7 @@ def test_non_finite_inputs_are_refused_naming_the_tensor(method, bad, models):
         inputs[role][name][0, 0] = bad
         for params in [{}] + ([{"alpha": 0}, {"alpha": 1}] if "alpha" in METHODS[method].defaults else []):
             with pytest.raises(MergeError, match=f"{role}.*{name}.*NaN or Inf"):
-                merge(method, inputs, **params)
+                merge(method, inputs, **params, **required(method))
 
 
 @pytest.mark.parametrize("method", list(METHODS))
@@ -301,16 +333,17 @@ def test_mismatched_keys_and_shapes_are_refused(method, models):
     last = METHODS[method].inputs[-1]
     missing = {k: v for k, v in inputs[last].items() if k != "masked_spec_embed"}
     with pytest.raises(MergeError, match="masked_spec_embed"):
-        merge(method, {**inputs, last: missing})
+        merge(method, {**inputs, last: missing}, **required(method))
     reshaped = dict(inputs[last], masked_spec_embed=torch.zeros(7))
     with pytest.raises(MergeError, match=r"masked_spec_embed.*shape"):
-        merge(method, {**inputs, last: reshaped})
+        merge(method, {**inputs, last: reshaped}, **required(method))
     with pytest.raises(MergeError, match="has weight .extra.weight."):
-        merge(method, {**inputs, last: {**inputs[last], "extra.weight": torch.zeros(1)}})
+        merge(method, {**inputs, last: {**inputs[last], "extra.weight": torch.zeros(1)}}, **required(method))
 
 
 OUT_OF_RANGE = {
     "linear": [{"alpha": -0.1}, {"alpha": 1.01}, {"alpha": float("nan")}, {"alpha": "half"}],
+    "permute": [{"alpha": -0.1}, {"alpha": 1.5}],
     "task_arithmetic": [{"lambda_speech": -1.5}, {"lambda_music": 2.5}],
     "ties": [{"density": 0}, {"density": 1.2}, {"lambda_speech": -0.5}, {"lambda_music": 3}],
     "dare": [{"drop": 1.0}, {"drop": -0.1}, {"lambda_music": 2.1}, {"seed": 1.5}],
@@ -322,7 +355,7 @@ OUT_OF_RANGE = {
 @pytest.mark.parametrize("method, params", [(m, p) for m, cases in OUT_OF_RANGE.items() for p in cases])
 def test_out_of_range_parameters_are_refused(method, params, models):
     with pytest.raises(MergeError, match=next(iter(params))):
-        merge(method, roles_for(method, models), **params)
+        merge(method, roles_for(method, models), **params, **required(method))
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
@@ -331,6 +364,7 @@ def test_cuda_merges_match_cpu_and_refuse_nan(method, models):
     inputs = roles_for(method, models)
     cuda = {role: {k: v.cuda() for k, v in s.items()} for role, s in inputs.items()}
     params = {"density": 0.5} if "density" in METHODS[method].defaults else {}
+    params |= required(method)
     on_cpu, on_cuda = merge(method, inputs, **params), merge(method, cuda, **params)
     assert all(t.is_cuda for t in on_cuda.values())
     assert_close({k: v.cpu() for k, v in on_cuda.items()}, on_cpu, atol=1e-4, rtol=1e-4)
@@ -341,7 +375,7 @@ def test_cuda_merges_match_cpu_and_refuse_nan(method, models):
     bad = dict(cuda[last], masked_spec_embed=cuda[last]["masked_spec_embed"].clone())
     bad["masked_spec_embed"][3] = float("nan")
     with pytest.raises(MergeError, match="masked_spec_embed"):
-        merge(method, {**cuda, last: bad})
+        merge(method, {**cuda, last: bad}, **required(method))
 
 
 # ---- registry -----------------------------------------------------------------------------------
