@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -157,3 +158,32 @@ class ProbeSuite:
             probabilities = torch.softmax(probes[task.name].logits(features), 1)[0]
             result[task.name] = {label: float(p) for label, p in zip(task.labels, probabilities)}
         return result
+
+
+def builtin_suite(root: str | Path | None = None, sample_rate: int = 16000) -> ProbeSuite:
+    """The shipped probe tasks (assets/audio): keyword, speaker, instrument family, pitch class, chord quality.
+    Clips shared by several tasks (a note carries its family and its pitch class) are loaded once."""
+    from .audio import load_audio
+    from .synth.assets import ASSETS_DIR, load_manifest
+
+    root = Path(root or ASSETS_DIR).resolve()
+    manifest = load_manifest(root)
+    index: dict[str, int] = {}
+    clips: list[np.ndarray] = []
+
+    def indices(rows: list[dict]) -> tuple[int, ...]:
+        for row in rows:
+            if row["path"] not in index:
+                index[row["path"]] = len(clips)
+                clips.append(load_audio(root / row["path"], sample_rate)[0])
+        return tuple(index[row["path"]] for row in rows)
+
+    tasks = []
+    for name, info in manifest["tasks"].items():
+        labels = tuple(info["labels"])
+        split = {s: [f for f in manifest["files"] if f["split"] == s and f["probe_set"] == info["probe_set"]]
+                 for s in ("train", "test")}
+        ys = {s: tuple(labels.index(f["labels"][name]) for f in rows) for s, rows in split.items()}
+        tasks.append(ProbeTask(name, info["domain"], labels, indices(split["train"]), ys["train"],
+                               indices(split["test"]), ys["test"]))
+    return ProbeSuite(clips, tasks, sample_rate)

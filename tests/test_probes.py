@@ -73,3 +73,15 @@ def test_predict_returns_probabilities_for_any_length_and_refuses_bad_clips():
         assert result["pitch_height"]["high"] > 0.5
     with pytest.raises(MergeError):
         suite.predict(enc, np.zeros(100, dtype=np.float32), 16000)
+
+
+def test_builtin_suite_has_every_task_with_disjoint_splits():
+    suite = probes.builtin_suite()
+    assert {t.name: t.domain for t in suite.tasks} == {"keyword": "speech", "speaker": "speech", "instrument_family": "music",
+                                                       "pitch_class": "music", "chord_quality": "music"}
+    for task in suite.tasks:
+        assert len(task.test) >= 100 and not set(task.train) & set(task.test)
+        assert set(task.test_y) == set(range(len(task.labels)))
+    notes = {t.name: t for t in suite.tasks}
+    assert notes["pitch_class"].train == notes["instrument_family"].train  # the same clips, loaded once
+    assert len(suite.clips) == len({i for t in suite.tasks for i in t.train + t.test})
