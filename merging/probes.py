@@ -116,6 +116,7 @@ class ProbeSuite:
     tasks: list[ProbeTask]
     sample_rate: int = 16000
     cache_size: int = 8
+    batch_size: int = 32  # clips per forward pass when extracting features
     _cache: OrderedDict = field(default_factory=OrderedDict, repr=False)
 
     def features(self, encoder) -> torch.Tensor:
@@ -123,7 +124,7 @@ class ProbeSuite:
         if key in self._cache:
             self._cache.move_to_end(key)
             return self._cache[key]
-        features = layer_features(encoder, self.clips, self.sample_rate)
+        features = layer_features(encoder, self.clips, self.sample_rate, self.batch_size)
         self._cache[key] = features
         while len(self._cache) > self.cache_size:
             self._cache.popitem(last=False)
@@ -160,9 +161,12 @@ class ProbeSuite:
         return result
 
 
-def builtin_suite(root: str | Path | None = None, sample_rate: int = 16000) -> ProbeSuite:
+def builtin_suite(root: str | Path | None = None, sample_rate: int = 16000, *,
+                  max_train: int | None = None, max_test: int | None = None) -> ProbeSuite:
     """The shipped probe tasks (assets/audio): keyword, speaker, instrument family, pitch class, chord quality.
-    Clips shared by several tasks (a note carries its family and its pitch class) are loaded once."""
+    Clips shared by several tasks (a note carries its family and its pitch class) are loaded once.
+    `max_train` / `max_test` keep only the first clips of each probe set's split (a smaller, faster suite;
+    the shipped splits are label-balanced block by block, so a prefix stays close to balanced)."""
     from .audio import load_audio
     from .synth.assets import ASSETS_DIR, load_manifest
 
@@ -181,7 +185,8 @@ def builtin_suite(root: str | Path | None = None, sample_rate: int = 16000) -> P
     tasks = []
     for name, info in manifest["tasks"].items():
         labels = tuple(info["labels"])
-        split = {s: [f for f in manifest["files"] if f["split"] == s and f["probe_set"] == info["probe_set"]]
+        limits = {"train": max_train, "test": max_test}
+        split = {s: [f for f in manifest["files"] if f["split"] == s and f["probe_set"] == info["probe_set"]][:limits[s]]
                  for s in ("train", "test")}
         ys = {s: tuple(labels.index(f["labels"][name]) for f in rows) for s, rows in split.items()}
         tasks.append(ProbeTask(name, info["domain"], labels, indices(split["train"]), ys["train"],

@@ -85,3 +85,25 @@ def test_builtin_suite_has_every_task_with_disjoint_splits():
     notes = {t.name: t for t in suite.tasks}
     assert notes["pitch_class"].train == notes["instrument_family"].train  # the same clips, loaded once
     assert len(suite.clips) == len({i for t in suite.tasks for i in t.train + t.test})
+
+
+def test_builtin_suite_limits_keep_the_first_clips_of_each_split_and_share_them():
+    from merging.audio import load_audio
+    from merging.synth.assets import ASSETS_DIR, load_manifest
+
+    small = probes.builtin_suite(max_train=12, max_test=5)
+    manifest = load_manifest()
+    for task in small.tasks:
+        probe_set = manifest["tasks"][task.name]["probe_set"]
+        for split, indices, ys in (("train", task.train, task.train_y), ("test", task.test, task.test_y)):
+            rows = [f for f in manifest["files"] if f["split"] == split and f["probe_set"] == probe_set][:len(indices)]
+            assert len(indices) == (12 if split == "train" else 5)
+            assert [task.labels[y] for y in ys] == [row["labels"][task.name] for row in rows]
+            np.testing.assert_array_equal(small.clips[indices[-1]], load_audio(ASSETS_DIR / rows[-1]["path"], 16000)[0])
+    assert len(small.clips) == 3 * (12 + 5)  # speech, notes and chords clips, each loaded once
+
+
+def test_feature_batch_size_does_not_change_features():
+    suite, enc = tone_suite(6, 3), encoder(tiny_model())
+    one = ProbeSuite(suite.clips, suite.tasks, batch_size=1).features(enc)
+    torch.testing.assert_close(one, suite.features(enc), atol=1e-5, rtol=0)

@@ -30,3 +30,10 @@ def test_other_figures_carry_their_data():
     assert [list(b.y) for b in bars.data] == [[90.0], [80.0]]
     curve = tradeoff_curve({"linear": [{"alpha": 0, "speech_avg": 80, "music_avg": 40}]}, {"speech_avg": 70, "music_avg": 50})
     assert list(curve.data[0].x) == [40] and curve.data[1].name == "this merge"
+
+
+def test_point_labels_and_bar_colours_can_be_given():
+    curve = tradeoff_curve({"ties": [{"alpha": 0.5, "label": "λ=0.5/0.5", "speech_avg": 60, "music_avg": 50}]})
+    assert list(curve.data[0].text) == ["λ=0.5/0.5"]
+    bars = probe_bars({"pretrained": {"keyword": 1.0}}, {"keyword": "speech"}, colours={"pretrained": "#123456"})
+    assert bars.data[0].marker.color == "#123456"

@@ -73,9 +73,11 @@ def permutation_lines(perm, *, title: str = "permutation", max_lines: int = 256)
     return fig
 
 
-def probe_bars(scores: Mapping[str, Mapping[str, float]], domains: Mapping[str, str]) -> go.Figure:
-    """Probe accuracy per task for several encoders (e.g. speech, music, merged)."""
-    colours = {"speech": SPEECH, "music": MUSIC}
+def probe_bars(scores: Mapping[str, Mapping[str, float]], domains: Mapping[str, str],
+               colours: Mapping[str, str] | None = None) -> go.Figure:
+    """Probe accuracy per task for several encoders (e.g. speech, music, merged); `colours` by encoder name
+    (default: speech blue, music red, anything else green)."""
+    colours = colours or {"speech": SPEECH, "music": MUSIC}
     tasks = list(domains)
     fig = go.Figure([
         go.Bar(name=name, x=[f"{t}<br>({domains[t]})" for t in tasks], y=[row.get(t) for t in tasks],
@@ -88,12 +90,13 @@ def probe_bars(scores: Mapping[str, Mapping[str, float]], domains: Mapping[str, 
 
 
 def tradeoff_curve(curves: Mapping[str, Sequence[Mapping[str, float]]], current: Mapping[str, float] | None = None) -> go.Figure:
-    """Speech average vs music average over alpha, one line per method; `current` marks this merge."""
+    """Speech average vs music average over alpha, one line per method; `current` marks this merge.
+    A point's text is its `label` when it has one, else its alpha."""
     fig = go.Figure()
     for method, points in curves.items():
         fig.add_trace(go.Scatter(
             x=[p["music_avg"] for p in points], y=[p["speech_avg"] for p in points], mode="lines+markers+text",
-            name=method, text=[f"α={p['alpha']:g}" for p in points], textposition="top center",
+            name=method, text=[p.get("label") or f"α={p['alpha']:g}" for p in points], textposition="top center",
         ))
     if current:
         fig.add_trace(go.Scatter(x=[current["music_avg"]], y=[current["speech_avg"]], mode="markers", name="this merge",
