@@ -117,6 +117,7 @@ class ProbeSuite:
     sample_rate: int = 16000
     cache_size: int = 8
     batch_size: int = 32  # clips per forward pass when extracting features
+    fit_iterations: int = 100  # L-BFGS iterations per probe
     _cache: OrderedDict = field(default_factory=OrderedDict, repr=False)
 
     def features(self, encoder) -> torch.Tensor:
@@ -132,7 +133,8 @@ class ProbeSuite:
 
     def fit(self, encoder, seed: int = 0) -> dict[str, LinearProbe]:
         features = self.features(encoder)
-        return {task.name: fit_probe(features[list(task.train)], torch.tensor(task.train_y), len(task.labels), seed=seed)
+        return {task.name: fit_probe(features[list(task.train)], torch.tensor(task.train_y), len(task.labels), seed=seed,
+                                     max_iter=self.fit_iterations)
                 for task in self.tasks}
 
     def score(self, encoder, seed: int = 0, probes: dict[str, LinearProbe] | None = None) -> ProbeScores:

@@ -1,0 +1,312 @@
+"""merge lab: the Gradio app. UI wiring only: the work is done by merging.lab, the figures by viz.figures.
+
+    python app.py    # serves the built-in encoders of assets/models (MERGE_LAB_MODELS), no network needed
+"""
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import threading
+from pathlib import Path
+
+import gradio as gr
+import pandas as pd
+
+from merging.align import PAPER_COMPONENTS
+from merging.lab import ALPHA_METHODS, METHOD_ROLES, ROLE_TITLES, Lab, LabConfig, LabSession
+from merging.methods import METHODS
+from merging.spec import COMPONENTS
+from merging.state import MergeError
+from viz.figures import MERGED, MUSIC, SPEECH, correlation_heatmaps, diagonal_by_layer, permutation_lines, probe_bars, tradeoff_curve
+
+try:  # on a ZeroGPU Space the decorated calls get a GPU; elsewhere the decorator is not there
+    import spaces
+
+    gpu = spaces.GPU
+except ImportError:
+    def gpu(fn):
+        return fn
+
+log = logging.getLogger("merge-lab")
+EXAMPLES_DIR = Path(__file__).resolve().parent / "assets" / "audio" / "examples"
+EXAMPLES = [  # (file, label): speech, music, speech over music
+    ("speech_yes_en-us-m1.ogg", "speech: “yes”"),
+    ("speech_seven_en-gb-scotland-f3.ogg", "speech: “seven”"),
+    ("music_piano_phrase_C.ogg", "music: piano phrase in C"),
+    ("music_strings_chord_A_minor.ogg", "music: A minor chord, strings"),
+    ("music_guitar_note_E.ogg", "music: guitar note E"),
+    ("speech_over_music_yes_synth_lead.ogg", "speech over music: “yes” + synth"),
+    ("speech_over_music_on_guitar.ogg", "speech over music: “on” + guitar"),
+]
+BAR_COLOURS = {"speech": SPEECH, "music": MUSIC, "fine-tuned": MUSIC, "merged": MERGED}
+
+INTRO = """# merge lab
+Merge a **speech** encoder (HuBERT) with a **music** encoder (MERT) and see *why* the merge works.
+**1** pick the encoders · **2** align them (correlation permutation) · **3** merge with a slider ·
+**4** listen to a clip and compare what each encoder hears · **5** download the merged encoder."""
+
+ALIGN_EXPLANATION = """**What is happening.** Two networks trained apart learn similar features, but in a different
+order: what unit 7 of the music encoder does, unit 42 of the speech encoder may do. Averaging their
+weights unit by unit then mixes unrelated features.
+
+The alignment plays the calibration clips (speech and music) through both encoders, measures how
+strongly each speech unit's activity goes with each music unit's (their correlation), and finds the
+one-to-one re-ordering of the music units that puts the best partners on the diagonal.
+Re-ordering hidden units does not change what the music encoder computes; it only lines the two up,
+so that a merge averages like with like.
+
+- **Heatmaps**: speech units down, music units across; left in the original order, right after
+  re-ordering. A bright diagonal on the right means matched units.
+- **Bars**: mean matched correlation per layer, before and after.
+- **Lines**: where each music unit moved."""
+
+PROBE_NOTE = """Each encoder's features feed small linear probes (one per task) trained on labelled clips;
+the table shows each probe's top guess and its confidence for your clip."""
+
+
+def toasts(fn):
+    """Bad input becomes a toast with the library's message; anything unexpected a short one (logged)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except gr.Error:
+            raise
+        except MergeError as error:
+            raise gr.Error(str(error), print_exception=False) from None
+        except Exception as error:  # keep serving: report, log, and leave the page as it was
+            log.exception("unexpected error in %s", fn.__name__)
+            raise gr.Error(f"unexpected error ({type(error).__name__}): {error}") from None
+
+    return wrapper
+
+
+def build_app(lab: Lab) -> gr.Blocks:
+    defaults = lab.default_sources()
+    choices = [(lab.registry.label(key), key) for key in lab.registry.keys()]
+
+    def sources_of(*values) -> dict[str, str]:
+        return dict(zip(ROLE_TITLES, values))
+
+    # -- handlers ---------------------------------------------------------------------------------
+
+    @toasts
+    def show_encoders(speech, music, student_base, student_speech, student_music, speech_ft):
+        rows, problems = lab.describe(sources_of(speech, music, student_base, student_speech, student_music, speech_ft))
+        table = pd.DataFrame(rows, columns=["role", "encoder", "parameters", "sample rate", "device"])
+        for problem in problems:
+            gr.Warning(problem)
+        return table, "\n".join(f"- ⚠ {p}" for p in problems)
+
+    @gpu
+    @toasts
+    def run_align(session, speech, music, components, signed, progress=gr.Progress()):
+        progress(0, desc="loading calibration clips")
+        session = lab.align(session, speech, music, components=components or (), absolute=not signed,
+                            progress=lambda fraction, message: progress(fraction, desc=message))
+        alignment = session.alignment
+        groups = list(alignment.groups)
+        before = sum(g.before for g in alignment.groups.values()) / len(groups)
+        after = sum(g.after for g in alignment.groups.values()) / len(groups)
+        status = (f"Aligned **{music}** to **{speech}**: {len(groups)} groups on {lab.calibration_note()} · "
+                  f"mean matched correlation **{before:.2f} → {after:.2f}**")
+        heatmap, lines = group_figures(session, groups[0])
+        return (session, status, gr.update(choices=groups, value=groups[0]), heatmap,
+                diagonal_by_layer(alignment.groups), lines)
+
+    def group_figures(session, name):
+        alignment = session.alignment
+        if alignment is None:
+            raise MergeError("run the alignment first")
+        if name not in alignment.groups:
+            raise MergeError(f"no group '{name}' in this alignment")
+        group = alignment.groups[name]
+        title = f"{name}: matched correlation {group.before:.2f} → {group.after:.2f}"
+        return (correlation_heatmaps(group.similarity.numpy(), group.perm.numpy(), title=title, absolute=alignment.absolute),
+                permutation_lines(group.perm.numpy(), title=name))
+
+    @toasts
+    def show_group(session, name):
+        return group_figures(session, name)
+
+    def merge_outputs(session):
+        merged = session.merged
+        note = lab.bench.describe()
+        status = (f"**{merged.method}** {_params(merged.params)} · merged in {merged.merge_seconds:.2f} s, "
+                  f"probed in {merged.score_seconds:.2f} s on **{merged.device}** · {note}")
+        bars = probe_bars(lab.reference_scores(session), lab.bench.domains, colours=BAR_COLOURS)
+        curve = tradeoff_curve(session.curve_points(), current=merged.point())
+        return session, status, bars, curve, merged.summary(note)
+
+    @gpu
+    @toasts
+    def run_merge(session, method, alpha, lambda_speech, lambda_music, layer_alphas, speech, music, student_base, student_speech, student_music, speech_ft):
+        session = lab.merge(session, sources_of(speech, music, student_base, student_speech, student_music, speech_ft), method, alpha=alpha, lambda_speech=lambda_speech,
+                            lambda_music=lambda_music, layer_alphas=layer_alphas)
+        return merge_outputs(session)
+
+    @gpu
+    @toasts
+    def run_sweep(session, method, speech, music, student_base, student_speech, student_music, speech_ft, progress=gr.Progress()):
+        session = lab.sweep(session, sources_of(speech, music, student_base, student_speech, student_music, speech_ft), method,
+                            progress=lambda fraction, message: progress(fraction, desc=message))
+        current = session.merged.point() if session.merged else None
+        return session, tradeoff_curve(session.curve_points(), current=current)
+
+    @gpu
+    @toasts
+    def run_probe(session, clip, method, speech, music, student_base, student_speech, student_music, speech_ft):
+        report = lab.probe_clip(session, sources_of(speech, music, student_base, student_speech, student_music, speech_ft), clip, method)
+        for warning in report.warnings:
+            gr.Warning(warning)
+        status = f"{report.note} · " + " ".join(report.warnings)
+        return pd.DataFrame(report.rows, columns=report.columns), status
+
+    def probe_on_change(session, clip, method, *roles):
+        if not clip:  # cleared
+            return gr.skip(), gr.skip()
+        return run_probe(session, clip, method, *roles)
+
+    @toasts
+    def run_export(session):
+        return str(lab.export(session))
+
+    def method_controls(method):
+        alpha_method, vector_method = method in ALPHA_METHODS, method not in ALPHA_METHODS
+        inputs = ", ".join(f"{role} ← {ROLE_TITLES[lab_role]}" for role, lab_role in METHOD_ROLES[method].items())
+        return (f"{METHODS[method].description}  \nInputs: {inputs}.", gr.update(interactive=alpha_method),
+                gr.update(interactive=vector_method), gr.update(interactive=vector_method),
+                gr.update(interactive=method in ("linear", "permute")))
+
+    # -- layout -----------------------------------------------------------------------------------
+
+    with gr.Blocks(title="merge lab") as demo:
+        session = gr.State(LabSession())
+        gr.Markdown(INTRO)
+
+        gr.Markdown("## 1 · Encoders")
+        with gr.Row():
+            speech = gr.Dropdown(choices, value=defaults["speech"], label="speech encoder")
+            music = gr.Dropdown(choices, value=defaults["music"], label="music encoder")
+        with gr.Accordion("Students (for task-vector methods) and the fine-tuned copy (for speech_ft)", open=False):
+            with gr.Row():
+                others = [gr.Dropdown(choices, value=defaults[role], label=ROLE_TITLES[role])
+                          for role in ("student_base", "student_speech", "student_music", "speech_ft")]
+        roles = [speech, music, *others]
+        encoder_table = gr.Dataframe(label="chosen encoders", interactive=False, elem_id="encoder-table")
+        encoder_problems = gr.Markdown(elem_id="encoder-problems")
+
+        gr.Markdown("## 2 · Alignment")
+        with gr.Row():
+            with gr.Column(scale=2):
+                gr.Markdown(ALIGN_EXPLANATION)
+                components = gr.CheckboxGroup(list(COMPONENTS), value=list(PAPER_COMPONENTS),
+                                              label="permute (cnn: feature extractor, res: residual stream, ffn, attn: heads)")
+                signed = gr.Checkbox(False, label="match on signed correlation (the paper matches on its absolute value)")
+                align_button = gr.Button("Run alignment", variant="primary", elem_id="align-button")
+                align_status = gr.Markdown(elem_id="align-status")
+            with gr.Column(scale=3):
+                group = gr.Dropdown(choices=[], label="layer and component", interactive=True, elem_id="group-chooser")
+                heatmap = gr.Plot(label="cross-correlation, before and after permutation", elem_id="heatmap")
+                with gr.Row():
+                    diagonal = gr.Plot(label="mean diagonal correlation per layer", elem_id="diagonal")
+                    permutation = gr.Plot(label="the permutation", elem_id="permutation")
+
+        gr.Markdown("## 3 · Merge")
+        with gr.Row():
+            with gr.Column(scale=2):
+                method = gr.Radio(list(METHOD_ROLES), value="permute", label="method", elem_id="method")
+                method_note = gr.Markdown(method_controls("permute")[0])
+                alpha = gr.Slider(0, 1, value=0.1, step=0.01, label="α: weight of the music side (0 = speech encoder)",
+                                  elem_id="alpha")
+                lambda_speech = gr.Slider(0, 1, value=0.5, step=0.05, label="λ speech (task vectors)", interactive=False)
+                lambda_music = gr.Slider(0, 1, value=0.5, step=0.05, label="λ music (task vectors)", interactive=False)
+                with gr.Accordion("per-layer α", open=False):
+                    layer_alphas = gr.Textbox("", label="one α per transformer layer (Enter to merge)",
+                                              placeholder="e.g. 0.05, 0.1, 0.2, 0.4 (empty: α everywhere)")
+                merge_button = gr.Button("Merge", variant="primary", elem_id="merge-button")
+                merge_status = gr.Markdown(elem_id="merge-status")
+            with gr.Column(scale=3):
+                bars = gr.Plot(label="probe accuracy of the merged encoder and its inputs", elem_id="probe-bars")
+                curve = gr.Plot(label="speech/music trade-off, this merge starred", elem_id="tradeoff")
+                sweep_button = gr.Button("Fill the trade-off curve (a few merges)", size="sm")
+                with gr.Accordion("merge summary (JSON)", open=False):
+                    summary = gr.JSON(label="merge summary")
+
+        gr.Markdown("## 4 · Listen and probe")
+        with gr.Row():
+            with gr.Column(scale=2):
+                clip = gr.Audio(sources=["upload", "microphone"], type="filepath", elem_id="clip",
+                                label=f"clip (at most {lab.config.max_clip_seconds:g} s: longer clips are trimmed, with a warning)")
+                gr.Examples([[str(EXAMPLES_DIR / name)] for name, _ in EXAMPLES], inputs=[clip],
+                            example_labels=[label for _, label in EXAMPLES], label="examples")
+                probe_button = gr.Button("Probe this clip", elem_id="probe-button")
+            with gr.Column(scale=3):
+                gr.Markdown(PROBE_NOTE)
+                predictions = gr.Dataframe(label="top prediction per task", interactive=False, elem_id="predictions")
+                clip_status = gr.Markdown(elem_id="clip-status")
+
+        gr.Markdown("## 5 · Export")
+        with gr.Row():
+            export_button = gr.Button("Build the download (transformers format + merge_config.json)", elem_id="export-button")
+            export_file = gr.File(label="merged encoder (.zip)", elem_id="export-file")
+
+        # -- events ---------------------------------------------------------------------------------
+
+        demo.load(show_encoders, roles, [encoder_table, encoder_problems], api_name="encoders")
+        for dropdown in roles:
+            dropdown.input(show_encoders, roles, [encoder_table, encoder_problems], api_visibility="private")
+
+        align_button.click(run_align, [session, speech, music, components, signed],
+                           [session, align_status, group, heatmap, diagonal, permutation],
+                           api_name="align", concurrency_id="lab")
+        group.input(show_group, [session, group], [heatmap, permutation], api_name="show_group")
+
+        merge_inputs = [session, method, alpha, lambda_speech, lambda_music, layer_alphas, *roles]
+        merge_outputs_ = [session, merge_status, bars, curve, summary]
+        merge_button.click(run_merge, merge_inputs, merge_outputs_, api_name="merge", concurrency_id="lab")
+        # a merge per slider release, not per drag tick; while one runs, only the latest release waits
+        for trigger in (alpha.release, lambda_speech.release, lambda_music.release, layer_alphas.submit, method.input):
+            trigger(run_merge, merge_inputs, merge_outputs_, api_visibility="private", trigger_mode="always_last",
+                    concurrency_id="lab")
+        method.change(method_controls, method, [method_note, alpha, lambda_speech, lambda_music, layer_alphas],
+                      api_visibility="private")
+        sweep_button.click(run_sweep, [session, method, *roles], [session, curve], api_name="sweep", concurrency_id="lab")
+
+        probe_inputs = [session, clip, method, *roles]
+        probe_button.click(run_probe, probe_inputs, [predictions, clip_status], api_name="probe_clip", concurrency_id="lab")
+        clip.change(probe_on_change, probe_inputs, [predictions, clip_status], api_visibility="private",
+                    trigger_mode="always_last", concurrency_id="lab")
+
+        export_button.click(run_export, session, export_file, api_name="export", concurrency_id="lab")
+    return demo
+
+
+def _params(params: dict) -> str:
+    return ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items())
+
+
+def launch(lab: Lab, **kwargs) -> gr.Blocks:
+    """Build and start the app (kwargs go to `Blocks.launch`)."""
+    demo = build_app(lab)
+    demo.queue(default_concurrency_limit=1)
+    demo.launch(max_file_size=lab.config.max_upload_bytes, allowed_paths=[str(EXAMPLES_DIR)], **kwargs)
+    return demo
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.INFO)
+    lab = Lab(LabConfig.from_env())
+    threading.Thread(target=lab.warm, daemon=True, name="warm-up").start()
+    launch(lab, server_name=os.environ.get("GRADIO_SERVER_NAME"), server_port=_port())
+
+
+def _port() -> int | None:
+    port = os.environ.get("GRADIO_SERVER_PORT")
+    return int(port) if port else None
+
+
+if __name__ == "__main__":
+    main()
