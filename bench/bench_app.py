@@ -1,0 +1,129 @@
+"""Latency of the app as a person meets it: slider release -> merged -> probe scores and plots back.
+
+Starts `python app.py` on a loopback port (or uses --url), drives it through gradio_client and prints
+round-trip times of /merge (what a slider release triggers) after one warm-up merge, plus /align and
+/probe_clip. With no --models it serves assets/models; if the built-in encoders are missing there it
+says so and uses random stand-ins of the built-in size in a temporary folder.
+
+    python bench/bench_app.py [--models DIR] [--repeats 10] [--url http://127.0.0.1:7860/]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from merging.benchmark import MODEL_NAMES, MODELS_DIR  # noqa: E402
+
+# The built-in encoders' size (shared/DESIGN.md: hidden 128, 4 layers, FFN 512, seven 64-channel CNN layers)
+STAND_IN = dict(hidden_size=128, num_attention_heads=4, intermediate_size=512, conv_dim=(64,) * 7,
+                num_conv_pos_embeddings=128, num_conv_pos_embedding_groups=16)
+
+
+def stand_in_models(root: Path) -> Path:
+    """Random encoders of the built-in size under the built-in names (timing only: their scores mean nothing)."""
+    import torch
+    from transformers import HubertConfig, HubertModel
+
+    for seed, (role, name) in enumerate(MODEL_NAMES.items()):
+        torch.manual_seed(seed)
+        layers = 2 if role.startswith("student") else 4
+        HubertModel(HubertConfig(num_hidden_layers=layers, **STAND_IN)).save_pretrained(root / name)
+        (root / name / "preprocessor_config.json").write_text(json.dumps(
+            {"feature_extractor_type": "Wav2Vec2FeatureExtractor", "sampling_rate": 16000, "do_normalize": False}))
+    return root
+
+
+def start_app(models: Path, port: int) -> subprocess.Popen:
+    env = {**os.environ, "MERGE_LAB_MODELS": str(models), "GRADIO_SERVER_PORT": str(port),
+           "GRADIO_SERVER_NAME": "127.0.0.1", "GRADIO_ANALYTICS_ENABLED": "False"}
+    return subprocess.Popen([sys.executable, "app.py"], cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+
+
+def connect(url: str, timeout: float = 180):
+    from gradio_client import Client
+
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return Client(url, verbose=False)
+        except Exception:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
+
+
+def timed(call) -> tuple[float, object]:
+    start = time.perf_counter()
+    result = call()
+    return time.perf_counter() - start, result
+
+
+def describe(times: list[float]) -> str:
+    ordered = sorted(times)
+    p90 = ordered[min(len(ordered) - 1, round(0.9 * (len(ordered) - 1)))]
+    return f"median {statistics.median(ordered):.2f} s, p90 {p90:.2f} s, max {ordered[-1]:.2f} s over {len(ordered)}"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", type=Path, help="folder of the built-in encoders (default: assets/models)")
+    parser.add_argument("--url", help="an app already running (its own models)")
+    parser.add_argument("--repeats", type=int, default=10)
+    args = parser.parse_args()
+
+    server = None
+    models = args.models or MODELS_DIR
+    note = str(models)
+    if not args.url:
+        if not all((models / name).is_dir() for name in MODEL_NAMES.values()):
+            missing = [name for name in MODEL_NAMES.values() if not (models / name).is_dir()]
+            models = stand_in_models(Path(tempfile.mkdtemp(prefix="bench-app-models-")))
+            note = f"random stand-ins of the built-in size ({', '.join(missing)} missing from {args.models or MODELS_DIR})"
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        server = start_app(models, port)
+        args.url = f"http://127.0.0.1:{port}/"
+    try:
+        from gradio_client import handle_file
+
+        client = connect(args.url)
+        print(f"merge lab app benchmark: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs; models: {note}")
+        seconds, _ = timed(lambda: client.predict(api_name="/align"))
+        print(f"/align (calibration clips, cold): {seconds:.2f} s")
+        seconds, (_, _, _, summary) = timed(lambda: client.predict(method="permute", alpha=0.1, api_name="/merge"))
+        print(f"first /merge (fits the input encoders' probes unless warm-up already did): {seconds:.2f} s")
+        print(f"live probe set: {summary['probes']}")
+        for method in ("permute", "linear", "task_arithmetic"):
+            times, inside = [], []
+            for i in range(args.repeats):
+                alpha = round(0.05 + 0.9 * (i + 1) / (args.repeats + 1), 3)
+                seconds, (_, _, _, summary) = timed(lambda: client.predict(method=method, alpha=alpha,
+                                                                           lambda_music=alpha, api_name="/merge"))
+                times.append(seconds)
+                inside.append(summary["merge_seconds"] + summary["score_seconds"])
+            print(f"slider release -> merged -> scores and plots ({method}, gradio_client round trip): {describe(times)}"
+                  f"; inside the server (merge + probes): median {statistics.median(inside):.2f} s")
+        clip = handle_file(str(ROOT / "assets" / "audio" / "examples" / "speech_over_music_yes_synth_lead.ogg"))
+        times = [timed(lambda: client.predict(clip, api_name="/probe_clip"))[0] for _ in range(3)]
+        print(f"/probe_clip (3 s clip, three encoders): {describe(times)}")
+    finally:
+        if server:
+            server.terminate()
+            server.wait(timeout=30)
+
+
+if __name__ == "__main__":
+    main()

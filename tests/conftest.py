@@ -1,0 +1,77 @@
+"""Fixtures for the app tests: tiny random encoders under the built-in names, and the app serving them."""
+from __future__ import annotations
+
+import json
+import socket
+from pathlib import Path
+
+import pytest
+import torch
+
+from merging.benchmark import MODEL_NAMES
+from tiny import tiny_config, tiny_model
+
+STUDENT_LAYERS = 1  # students differ from the full encoders, as the built-in ones do
+
+
+def save_encoder_dir(model, path: Path) -> Path:
+    model.save_pretrained(path)
+    (path / "preprocessor_config.json").write_text(json.dumps(
+        {"feature_extractor_type": "Wav2Vec2FeatureExtractor", "sampling_rate": 16000, "do_normalize": False,
+         "feature_size": 1, "padding_value": 0.0, "return_attention_mask": False}))
+    return path
+
+
+def _nudged(model, seed: int, scale: float):
+    """A copy of `model` with small random changes: a fine-tuned copy, or a student trained from a shared base."""
+    copy = type(model)(model.config).eval()
+    copy.load_state_dict(model.state_dict())
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for param in copy.parameters():
+            param.add_(scale * torch.randn(param.shape, generator=generator))
+    return copy
+
+
+def write_lab_models(root: Path) -> Path:
+    """Random tiny stand-ins for every built-in encoder (tests only: never shipped)."""
+    speech, music = tiny_model(seed=0), tiny_model(seed=1)
+    base = tiny_model(tiny_config(num_hidden_layers=STUDENT_LAYERS), seed=2)
+    models = {
+        "speech": speech, "music": music, "speech_ft": _nudged(speech, 3, 0.01),
+        "student_base": base, "student_speech": _nudged(base, 4, 0.05), "student_music": _nudged(base, 5, 0.05),
+        "student_multi": _nudged(base, 6, 0.05),
+    }
+    for role, name in MODEL_NAMES.items():
+        save_encoder_dir(models[role], root / name)
+    return root
+
+
+@pytest.fixture(scope="session")
+def lab_models(tmp_path_factory) -> Path:
+    return write_lab_models(tmp_path_factory.mktemp("lab-models"))
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+UPLOAD_LIMIT = 2 * 2**20
+
+
+@pytest.fixture(scope="session")
+def app_server(lab_models):
+    """The app on a loopback port, serving the tiny encoders with a small live probe set; yields (url, lab)."""
+    import app
+    from merging.lab import Lab, LabConfig
+
+    lab = Lab(LabConfig(models_dir=lab_models, live_train=16, live_test=8, calibration_limit=32, fit_iterations=20,
+                        max_upload_bytes=UPLOAD_LIMIT))
+    port = free_port()
+    demo = app.launch(lab, server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
+    try:
+        yield f"http://127.0.0.1:{port}/", lab
+    finally:
+        demo.close()

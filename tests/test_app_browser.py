@@ -1,0 +1,80 @@
+"""The app as a person uses it, in headless Chromium driven by Playwright: align, look, slide, listen, probe."""
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+from playwright.sync_api import expect, sync_playwright
+
+from merging.benchmark import MODEL_NAMES
+
+CHROMIUM = os.environ.get("MERGE_LAB_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run"]
+CLIP = Path(__file__).resolve().parent.parent / "assets" / "audio" / "examples" / "speech_over_music_yes_synth_lead.ogg"
+SLOW = 120_000  # ms: the alignment and first merges share 2 cores with the rest of the suite
+
+
+@pytest.fixture(scope="module")
+def page(app_server):
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        page.goto(app_server[0], wait_until="load")
+        yield page
+        browser.close()
+
+
+def test_page_loads_with_the_chosen_encoders(page):
+    table = page.locator("#encoder-table")
+    expect(table).to_contain_text(MODEL_NAMES["speech"], timeout=SLOW)
+    expect(table).to_contain_text("16000 Hz")
+    expect(page.locator("#encoder-problems")).not_to_contain_text("⚠")
+
+
+def test_alignment_renders_heatmaps_before_and_after(page):
+    page.click("#align-button")
+    expect(page.locator("#align-status")).to_contain_text("mean matched correlation", timeout=SLOW)
+    expect(page.locator("#heatmap .hm image")).to_have_count(2, timeout=SLOW)  # before | after
+    titles = page.locator("#heatmap .annotation-text").all_text_contents()
+    assert titles == ["before (identity order)", "after permutation"]
+    expect(page.locator("#heatmap .gtitle")).to_contain_text("conv0")
+    expect(page.locator("#diagonal g.trace.bars")).to_have_count(2)  # before, after
+    expect(page.locator("#permutation .gtitle")).to_contain_text("units move")
+
+
+def test_moving_the_alpha_slider_merges_and_updates_the_scores(page):
+    slider = page.locator("#alpha input[type=range]")
+    slider.scroll_into_view_if_needed()
+    box = slider.bounding_box()
+    page.mouse.click(box["x"] + 0.4 * box["width"], box["y"] + box["height"] / 2)  # press and release at ~0.4
+    alpha = page.locator("#alpha input[type=number]").input_value()
+    assert 0.3 < float(alpha) < 0.5
+    expect(page.locator("#merge-status")).to_contain_text(f"alpha={float(alpha):g}", timeout=SLOW)
+    expect(page.locator("#merge-status")).to_contain_text("on cpu")
+    expect(page.locator("#probe-bars g.trace.bars")).to_have_count(3)  # speech, merged, music
+    assert page.locator("#probe-bars .legendtext").all_text_contents() == ["speech", "merged", "music"]
+    expect(page.locator("#tradeoff .legendtext").filter(has_text="this merge")).to_have_count(1)
+
+
+def test_uploading_a_clip_shows_predictions_of_all_three_encoders(page):
+    page.locator("#clip input[type=file]").set_input_files(str(CLIP))
+    predictions = page.locator("#predictions")
+    expect(predictions).to_contain_text("chord_quality", timeout=SLOW)
+    expect(page.locator("#clip-status")).to_contain_text(f"{CLIP.name}: 3.0 s")
+    headers = predictions.locator("thead th, [role=columnheader]").all_text_contents()
+    assert any("merged" in h for h in headers) and any(MODEL_NAMES["music"] in h for h in headers)
+    assert "merge first" not in predictions.inner_text()
+    expect(predictions).to_contain_text("%)")
+
+
+def test_a_bad_upload_gets_a_toast_and_the_page_keeps_working(page, tmp_path):
+    bogus = tmp_path / "not-audio.wav"
+    bogus.write_bytes(b"RIFF....WAVEfmt this is not a wave file")
+    page.locator("#clip button[aria-label*='Clear'], #clip button[title*='Clear']").first.click()
+    page.locator("#clip input[type=file]").set_input_files(str(bogus))
+    expect(page.locator(".toast-body").filter(has_text="not a readable audio file")).to_be_visible(timeout=SLOW)
+    page.locator("#method label").filter(has_text="linear").click()  # choosing a method merges
+    expect(page.locator("#merge-status")).to_contain_text("linear alpha=", timeout=SLOW)
