@@ -11,7 +11,6 @@ import threading
 from pathlib import Path
 
 import gradio as gr
-import pandas as pd
 
 from merging.align import PAPER_COMPONENTS
 from merging.lab import ALPHA_METHODS, METHOD_ROLES, ROLE_TITLES, Lab, LabConfig, LabSession
@@ -95,7 +94,7 @@ def build_app(lab: Lab) -> gr.Blocks:
     @toasts
     def show_encoders(speech, music, student_base, student_speech, student_music, speech_ft):
         rows, problems = lab.describe(sources_of(speech, music, student_base, student_speech, student_music, speech_ft))
-        table = pd.DataFrame(rows, columns=["role", "encoder", "parameters", "sample rate", "device"])
+        table = {"headers": ["role", "encoder", "parameters", "sample rate", "device"], "data": rows}
         for problem in problems:
             gr.Warning(problem)
         return table, "\n".join(f"- ⚠ {p}" for p in problems)
@@ -162,7 +161,7 @@ def build_app(lab: Lab) -> gr.Blocks:
         for warning in report.warnings:
             gr.Warning(warning)
         status = f"{report.note} · " + " ".join(report.warnings)
-        return pd.DataFrame(report.rows, columns=report.columns), status
+        return {"headers": report.columns, "data": report.rows}, status
 
     def probe_on_change(session, clip, method, *roles):
         if not clip:  # cleared
@@ -195,7 +194,8 @@ def build_app(lab: Lab) -> gr.Blocks:
                 others = [gr.Dropdown(choices, value=defaults[role], label=ROLE_TITLES[role])
                           for role in ("student_base", "student_speech", "student_music", "speech_ft")]
         roles = [speech, music, *others]
-        encoder_table = gr.Dataframe(label="chosen encoders", interactive=False, elem_id="encoder-table")
+        encoder_table = gr.Dataframe(label="chosen encoders", interactive=False, elem_id="encoder-table",
+                                     headers=["role", "encoder", "parameters", "sample rate", "device"])
         encoder_problems = gr.Markdown(elem_id="encoder-problems")
 
         gr.Markdown("## 2 · Alignment")
@@ -245,13 +245,14 @@ def build_app(lab: Lab) -> gr.Blocks:
                 probe_button = gr.Button("Probe this clip", elem_id="probe-button")
             with gr.Column(scale=3):
                 gr.Markdown(PROBE_NOTE)
-                predictions = gr.Dataframe(label="top prediction per task", interactive=False, elem_id="predictions")
+                predictions = gr.Dataframe(label="top prediction per task", interactive=False, elem_id="predictions",
+                                           headers=["task", "speech", "merged", "music"], wrap=True)
                 clip_status = gr.Markdown(elem_id="clip-status")
 
         gr.Markdown("## 5 · Export")
         with gr.Row():
             export_button = gr.Button("Build the download (transformers format + merge_config.json)", elem_id="export-button")
-            export_file = gr.File(label="merged encoder (.zip)", elem_id="export-file")
+            export_file = gr.File(label="merged encoder (.zip)", elem_id="export-file", height=90)
 
         # -- events ---------------------------------------------------------------------------------
 

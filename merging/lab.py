@@ -562,14 +562,15 @@ class Lab:
                 else:
                     encoder = self.registry.get(key)
                     state, probes = encoder.state_dict(), self.reference(key)[0]
-                columns.append("merged" if key is None else f"{_display(role)} ({key})")
+                columns.append("merged" if key is None else _display(role))
                 with self.pool.hold(encoder, state, self.device, role) as running:
                     predictions.append(bench.suite.predict(running, clip, bench.suite.sample_rate, probes=probes))
         rows = []
         for task in bench.suite.tasks:
             cells = [_top(p[task.name]) if p else "merge first (step 3)" for p in predictions]
             rows.append([task.name, *cells])
-        note = f"{info['name']}: {len(clip) / bench.suite.sample_rate:.1f} s"
+        names = " · ".join(f"{_display(role)} = {key}" for role, key in (first, second))
+        note = f"{info['name']}: {len(clip) / bench.suite.sample_rate:.1f} s · {names}"
         return ClipReport(columns, rows, list(info["warnings"]), len(clip) / bench.suite.sample_rate, note)
 
     # export

@@ -1,0 +1,88 @@
+"""Screenshot of the app in use, for the README: start `python app.py`, align, merge, probe a clip, capture.
+
+    python scripts/screenshot.py [--out docs/screenshot.png] [--url URL]
+
+Serves MERGE_LAB_MODELS (default assets/models) unless --url points at a running app. Drives the
+system chromium (/usr/bin/chromium or `chromium` on PATH) through Playwright.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+from playwright.sync_api import expect, sync_playwright
+
+ROOT = Path(__file__).resolve().parent.parent
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run"]
+CLIP = ROOT / "assets" / "audio" / "examples" / "speech_over_music_yes_synth_lead.ogg"
+WAIT = 300_000  # ms
+
+
+def start_app() -> tuple[subprocess.Popen, str]:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = {**os.environ, "GRADIO_SERVER_PORT": str(port), "GRADIO_SERVER_NAME": "127.0.0.1",
+           "GRADIO_ANALYTICS_ENABLED": "False"}
+    server = subprocess.Popen([sys.executable, "app.py"], cwd=ROOT, env=env)
+    url = f"http://127.0.0.1:{port}/"
+    for _ in range(240):
+        try:
+            urllib.request.urlopen(url, timeout=2)
+            return server, url
+        except OSError:
+            time.sleep(0.5)
+    server.terminate()
+    raise SystemExit("the app did not start")
+
+
+def capture(url: str, out: Path, alpha: float) -> None:
+    chromium = os.environ.get("MERGE_LAB_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        page.goto(url, wait_until="load")
+        expect(page.locator("#encoder-table")).to_contain_text("Hz", timeout=WAIT)
+        page.click("#align-button")
+        expect(page.locator("#heatmap .hm image")).to_have_count(2, timeout=WAIT)
+        number = page.locator("#alpha input[type=number]")
+        number.fill(str(alpha))
+        number.blur()  # a release, as when letting go of the slider
+        expect(page.locator("#merge-status")).to_contain_text("merged in", timeout=WAIT)
+        expect(page.locator("#probe-bars g.trace.bars")).to_have_count(3, timeout=WAIT)
+        page.locator("#clip input[type=file]").set_input_files(str(CLIP))
+        expect(page.locator("#predictions")).to_contain_text("%)", timeout=WAIT)
+        page.wait_for_timeout(1000)  # let the plots finish their transitions
+        out.parent.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(out), full_page=True)
+        browser.close()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=ROOT / "docs" / "screenshot.png")
+    parser.add_argument("--url", help="an app already running")
+    parser.add_argument("--alpha", type=float, default=0.1)
+    args = parser.parse_args()
+    server = None
+    if not args.url:
+        server, args.url = start_app()
+    try:
+        capture(args.url, args.out, args.alpha)
+        print(f"wrote {args.out}")
+    finally:
+        if server:
+            server.terminate()
+            server.wait(timeout=30)
+
+
+if __name__ == "__main__":
+    main()

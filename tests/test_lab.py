@@ -1,0 +1,106 @@
+"""merging.lab, the engine behind the app, without the app."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from merging.benchmark import MODEL_NAMES, MODELS_DIR
+from merging.lab import (PAPER_HUB_ENCODERS, EncoderRegistry, Lab, LabConfig, LabSession, ModelPool, merge_params,
+                         parse_layer_alphas, torch_threads)
+from merging.state import MergeError, state_checksum
+
+
+@pytest.fixture(scope="module")
+def lab(lab_models):
+    return Lab(LabConfig(models_dir=lab_models, live_train=8, live_test=4, calibration_limit=16, fit_iterations=10))
+
+
+def test_layer_alphas_parse_from_text():
+    assert parse_layer_alphas("") is None and parse_layer_alphas("  ") is None
+    assert parse_layer_alphas("0.1, 0.2 0.3;0.4") == [0.1, 0.2, 0.3, 0.4]
+    for bad in ("0.1, x", "nan", "inf"):
+        with pytest.raises(MergeError, match="per-layer α"):
+            parse_layer_alphas(bad)
+
+
+def test_each_method_gets_only_its_own_parameters():
+    assert merge_params("permute", 0.1, 0.5, 0.5) == {"alpha": 0.1}
+    assert merge_params("linear", 0.3, 0.5, 0.5, [0.1, 0.2]) == {"alpha": 0.3, "layer_alphas": [0.1, 0.2]}
+    assert merge_params("speech_ft", 0.25, 0.5, 0.5) == {"alpha": 0.25}
+    assert merge_params("dare", 0.1, 0.7, 0.3) == {"lambda_speech": 0.7, "lambda_music": 0.3}
+    with pytest.raises(MergeError, match="per-layer α applies to linear and permute"):
+        merge_params("ties", 0.1, 0.5, 0.5, [0.1])
+    with pytest.raises(MergeError, match="unknown method"):
+        merge_params("average", 0.1, 0.5, 0.5)
+
+
+def test_settings_come_from_the_environment():
+    config = LabConfig.from_env({"MERGE_LAB_MODELS": "/models", "MERGE_LAB_ENCODERS": "org/a, /data/b",
+                                 "MERGE_LAB_MAX_UPLOAD_MB": "5", "MERGE_LAB_LIVE_TRAIN": "20"})
+    assert config.models_dir == Path("/models") and config.extra_encoders == ("org/a", "/data/b")
+    assert config.max_upload_bytes == 5 * 2**20 and config.live_train == 20
+    assert LabConfig.from_env({}).models_dir == MODELS_DIR and LabConfig.from_env({}).extra_encoders == ()
+    assert LabConfig.from_env({"SPACE_ID": "me/merge-lab"}).extra_encoders == PAPER_HUB_ENCODERS
+
+
+def test_registry_serves_only_its_allow_list(lab_models, tmp_path):
+    registry = EncoderRegistry(tmp_path, extra=[str(lab_models / MODEL_NAMES["music"]), "org/not-downloaded"])
+    with pytest.raises(MergeError, match=f"'{MODEL_NAMES['speech']}' is not in {tmp_path}.*MERGE_LAB_MODELS"):
+        registry.get(MODEL_NAMES["speech"])
+    for outsider in ("/etc", str(lab_models / MODEL_NAMES["speech"]), "facebook/hubert-large-ll60k"):
+        with pytest.raises(MergeError, match="not one of this app's encoders"):
+            registry.get(outsider)
+    music = registry.get(str(lab_models / MODEL_NAMES["music"]))  # an operator's folder outside models_dir
+    assert registry.get(str(lab_models / MODEL_NAMES["music"])) is music  # loaded once, shared
+    assert registry.label(MODEL_NAMES["speech"]) == f"{MODEL_NAMES['speech']} (missing)"
+
+
+def test_the_pool_reuses_one_model_per_device_and_architecture(lab):
+    pool = ModelPool()
+    speech, music, student = (lab.registry.get(MODEL_NAMES[r]) for r in ("speech", "music", "student_base"))
+    with pool.hold(speech, speech.state_dict(), "cpu", "a") as first:
+        model = first.model
+        assert state_checksum(first.state_dict()) == state_checksum(speech.state_dict())
+    with pool.hold(speech, music.state_dict(), "cpu", "b") as second:
+        assert second.model is model and state_checksum(second.state_dict()) == state_checksum(music.state_dict())
+        assert second.model is not music.model and second.model is not speech.model
+    with pool.hold(student, student.state_dict(), "cpu", "c") as third:
+        assert third.model is not model
+    assert len(pool) == 2
+
+
+def test_merge_returns_a_new_session_and_leaves_the_encoders_alone(lab):
+    sources = lab.default_sources()
+    checksums = {key: state_checksum(lab.registry.get(key).state_dict()) for key in sources.values()}
+    empty = LabSession()
+    with pytest.raises(MergeError, match="run the alignment first"):
+        lab.merge(empty, sources, "permute")
+    aligned = lab.align(empty, sources["speech"], sources["music"], components=("cnn", "ffn"))
+    merged = lab.merge(aligned, sources, "permute", alpha=0.5)
+    assert empty.alignment is None and aligned.merged is None and merged.alignment is aligned.alignment
+    assert merged.merged.params == {"alpha": 0.5} and merged.merged.sources == {"speech": sources["speech"], "music": sources["music"]}
+    assert all(t.device.type == "cpu" for t in merged.merged.state.values())
+    assert {key: state_checksum(lab.registry.get(key).state_dict()) for key in sources.values()} == checksums
+    with pytest.raises(MergeError, match="choose at least one component"):
+        lab.align(empty, sources["speech"], sources["music"], components=("cnn", "mlp"))
+
+
+def test_the_tradeoff_curve_starts_at_the_inputs_and_collects_merges(lab):
+    sources = lab.default_sources()
+    session = lab.merge(LabSession(), sources, "linear", alpha=0.3)
+    session = lab.merge(session, sources, "linear", alpha=0.3)  # the same point once
+    points = session.curve_points()["linear"]
+    assert [p["label"] for p in points] == ["α=0", "α=0.3", "α=1"]
+    speech = lab.reference(sources["speech"])[1]
+    assert points[0]["speech_avg"] == speech.average("speech") and points[0]["music_avg"] == speech.average("music")
+    session = lab.merge(session, sources, "ties", lambda_speech=0.8, lambda_music=0.2)
+    assert [p["label"] for p in session.curve_points()["ties"]] == ["λ=0.8/0.2"]
+
+
+def test_thread_count_is_restored():
+    before = torch.get_num_threads()
+    with torch_threads(1):
+        assert torch.get_num_threads() == 1
+    assert torch.get_num_threads() == before
