@@ -19,7 +19,7 @@ MODELS_DIR = Path(__file__).resolve().parent.parent / "assets" / "models"
 MODEL_NAMES = {
     "speech": "tiny-hubert-speech",
     "music": "tiny-mert-music",
-    "student_base": "tiny-base-student-init",
+    "student_base": "tiny-base",
     "student_speech": "tiny-student-speech",
     "student_music": "tiny-student-music",
     "student_multi": "tiny-student-multi",

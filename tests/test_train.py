@@ -3,7 +3,8 @@ import pytest
 import torch
 
 from merging.train.loops import Schedule, distill, distillation_loss, finetune_classifier, masked_prediction, span_mask
-from merging.train.targets import chroma_filters, cluster_labels, music_features, speech_features
+from merging.train.targets import (chroma_filters, cluster_labels, frame_spectra, music_features, pitch_spectrum,
+                                   semitone_filters, speech_features)
 from tiny import tiny_model
 
 SR = 16000
@@ -30,6 +31,13 @@ def test_chroma_finds_the_pitch_class_of_a_tone():
     chroma = (spectra.transpose(1, 2) @ chroma_filters(2048, SR)).mean(1)
     expected = [round(69 + 12 * np.log2(f / 440)) % 12 for f in freqs]
     assert chroma.argmax(1).tolist() == expected
+
+
+def test_semitone_spectrum_peaks_at_the_played_note():
+    audio, freqs = tones(8)
+    peaks = (frame_spectra(audio, 4096) @ semitone_filters(4096, SR, 36, 107))[:, 20].argmax(1) + 36
+    assert peaks.tolist() == [round(69 + 12 * np.log2(f / 440)) for f in freqs]
+    assert pitch_spectrum(audio).shape == (8, 49, 72)
 
 
 def test_cluster_labels_separate_distinct_tones():
@@ -61,6 +69,10 @@ def test_masked_prediction_learns_its_targets():
     model = tiny_model()
     record = masked_prediction(model, audio, labels, 4, Schedule(60, batch_size=8, lr=2e-3), seed=0)
     assert record["final_loss"] < 0.6 * record["first_loss"] and not model.training
+    pitch = pitch_spectrum(audio)
+    record = masked_prediction(tiny_model(), audio, labels, 4, Schedule(60, batch_size=8, lr=2e-3), seed=0,
+                               regression=pitch)
+    assert record["final_loss"] < 0.8 * record["first_loss"] and "reconstruction" in record["objective"]
 
 
 def test_distillation_brings_the_student_toward_its_teacher():

@@ -7,6 +7,7 @@ are read back from the output folder, so sub-commands can run one at a time.
 """
 from __future__ import annotations
 
+import functools
 import json
 import platform
 import time
@@ -18,12 +19,13 @@ import torch
 from transformers import HubertConfig, HubertModel
 
 from ..audio import load_audio
+from ..benchmark import MODEL_NAMES
 from ..checkpoint import save_encoder
 from ..encoders import load_encoder
 from ..synth import KEYWORDS, SAMPLE_RATE, Clip, music_jobs, render, require_tools, speech_jobs
 from ..synth.assets import save_clip
 from .loops import Schedule, distill, finetune_classifier, masked_prediction
-from .targets import cluster_labels, music_features, speech_features
+from .targets import cluster_labels, music_features, pitch_spectrum, speech_features
 
 ROOT = Path(__file__).resolve().parents[2]
 MODELS_DIR = ROOT / "assets" / "models"
@@ -55,19 +57,19 @@ class Recipe:
 
 
 RECIPES = {
-    "speech": Recipe("tiny-hubert-speech", ("speech",), Schedule(1200), 101,
+    "speech": Recipe(MODEL_NAMES["speech"], ("speech",), Schedule(1200), 101,
                      "HuBERT-style masked prediction of MFCC k-means clusters on synthetic speech"),
-    "music": Recipe("tiny-mert-music", ("music",), Schedule(1200), 202,
-                    "MERT-style masked prediction of log-mel + chroma k-means clusters on synthetic music"),
-    "base": Recipe("tiny-base", ("speech", "music"), Schedule(500), 303,
+    "music": Recipe(MODEL_NAMES["music"], ("music",), Schedule(1200), 202,
+                    "MERT-style masked prediction of log-mel + chroma k-means clusters and reconstruction of a semitone spectrum, on synthetic music"),
+    "student_base": Recipe(MODEL_NAMES["student_base"], ("speech", "music"), Schedule(500), 303,
                    "short masked-prediction pre-training on speech and music (both label sets): the students' shared init"),
-    "student_speech": Recipe("tiny-student-speech", ("speech",), Schedule(500), 404,
+    "student_speech": Recipe(MODEL_NAMES["student_speech"], ("speech",), Schedule(500), 404,
                              "DistilHuBERT-style student of tiny-hubert-speech, initialised from tiny-base"),
-    "student_music": Recipe("tiny-student-music", ("music",), Schedule(500), 505,
+    "student_music": Recipe(MODEL_NAMES["student_music"], ("music",), Schedule(500), 505,
                             "DistilHuBERT-style student of tiny-mert-music, initialised from tiny-base"),
-    "student_multi": Recipe("tiny-student-multi", ("speech", "music"), Schedule(500), 606,
+    "student_multi": Recipe(MODEL_NAMES["student_multi"], ("speech", "music"), Schedule(500), 606,
                             "one student distilled from both teachers at once (one head set each, losses summed)"),
-    "speech_ft": Recipe("tiny-hubert-speech-ft", ("speech",), Schedule(400, lr=1e-4, warmup=0.1, hold=0.4), 707,
+    "speech_ft": Recipe(MODEL_NAMES["speech_ft"], ("speech",), Schedule(400, lr=1e-4, warmup=0.1, hold=0.4), 707,
                         "tiny-hubert-speech fine-tuned on keyword classification with Speech-FT's stable recipe"),
 }
 
@@ -78,7 +80,7 @@ def encoder_config(num_hidden_layers: int = 4) -> HubertConfig:
         hidden_size=192, num_hidden_layers=num_hidden_layers, num_attention_heads=4, intermediate_size=768,
         conv_dim=(128,) * 7, num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=4,
         hidden_dropout=0.0, attention_dropout=0.0, activation_dropout=0.0, feat_proj_dropout=0.0, final_dropout=0.0,
-        layerdrop=0.0, mask_time_prob=0.0,  # masks come from the training loop, never from the model itself
+        layerdrop=0.0, mask_time_prob=0.05,  # HuBERT's default; the training loop always passes its own masks
     )
 
 
@@ -101,8 +103,10 @@ def render_training_set(name: str, out: Path = DATA_DIR, workers: int | None = N
     return folder
 
 
+@functools.lru_cache(maxsize=2)
 def load_training_set(name: str, out: Path = DATA_DIR) -> tuple[torch.Tensor, list[dict]]:
-    """(clips, samples) float32 audio and the per-clip labels of a rendered training set."""
+    """(clips, samples) float32 audio and the per-clip labels of a rendered training set (decoded once
+    per process: every model of `all` reuses it; callers must not modify it)."""
     folder = render_training_set(name, out)
     labels = json.loads((folder / "labels.json").read_text())["labels"]
     audio = np.stack([load_audio(folder / f"{i:05d}.ogg", SAMPLE_RATE)[0] for i in range(len(labels))])
@@ -166,8 +170,10 @@ def train_teacher(key: str, out: Path = MODELS_DIR, device: torch.device | None 
         audio, _ = load_training_set(kind)
         audio = audio.to(device)
         labels = _labels(audio, kind, recipe.seed)
+        regression = pitch_spectrum(audio) if kind == "music" else None
         model = _fresh_model(4, recipe.seed, device)
-        return model, masked_prediction(model, audio, labels, CLUSTERS, recipe.schedule, seed=recipe.seed, what=recipe.name)
+        return model, masked_prediction(model, audio, labels, CLUSTERS, recipe.schedule, seed=recipe.seed,
+                                        regression=regression, what=recipe.name)
 
     (model, record), timing = _timed(run, device)
     return _save(key, model, {**record, **timing}, out)
@@ -177,7 +183,7 @@ def train_base(out: Path = MODELS_DIR, device: torch.device | None = None) -> Pa
     """tiny-base: the student shape (2 layers), masked prediction on speech and music; music clusters
     are numbered after the speech ones, so one head predicts both."""
     device = device or device_of()
-    recipe = RECIPES["base"]
+    recipe = RECIPES["student_base"]
 
     def run():
         parts = [load_training_set(kind)[0].to(device) for kind in ("speech", "music")]
@@ -187,7 +193,7 @@ def train_base(out: Path = MODELS_DIR, device: torch.device | None = None) -> Pa
                                         seed=recipe.seed, what=recipe.name)
 
     (model, record), timing = _timed(run, device)
-    return _save("base", model, {**record, **timing}, out)
+    return _save("student_base", model, {**record, **timing}, out)
 
 
 def train_student(key: str, out: Path = MODELS_DIR, device: torch.device | None = None) -> Path:
@@ -199,13 +205,13 @@ def train_student(key: str, out: Path = MODELS_DIR, device: torch.device | None 
     def run():
         audio = torch.cat([load_training_set(kind)[0] for kind in recipe.data]).to(device)
         teachers = [(_load(t, out, device), TEACHER_LAYERS) for t in teacher_keys]
-        student = _load("base", out, device)
+        student = _load("student_base", out, device)
         torch.manual_seed(recipe.seed)
         return student, distill(student, teachers, audio, recipe.schedule, seed=recipe.seed, what=recipe.name)
 
     (model, record), timing = _timed(run, device)
     record["teachers"] = [RECIPES[t].name for t in teacher_keys]
-    record["init"] = RECIPES["base"].name
+    record["init"] = RECIPES["student_base"].name
     return _save(key, model, {**record, **timing}, out)
 
 
@@ -231,7 +237,7 @@ def train(key: str, out: Path = MODELS_DIR, device: torch.device | None = None) 
     """Build one model of the recipe by its key (see RECIPES)."""
     if key in ("speech", "music"):
         return train_teacher(key, out, device)
-    if key == "base":
+    if key == "student_base":
         return train_base(out, device)
     if key.startswith("student_"):
         return train_student(key, out, device)

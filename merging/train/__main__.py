@@ -1,4 +1,4 @@
-"""python -m merging.train {all,data,speech,music,base,student_speech,student_music,student_multi,speech_ft,cards}
+"""python -m merging.train {all,data,speech,music,student_base,student_speech,student_music,student_multi,speech_ft,cards}
 [--out assets/models] [--device auto]"""
 import argparse
 import time

@@ -41,6 +41,15 @@ def span_mask(batch: int, frames: int, prob: float, length: int, generator: torc
     return mask[:, :frames]
 
 
+def _forward(model: HubertModel, audio: torch.Tensor, mask: torch.Tensor | None = None):
+    """The model's output with exactly `mask` applied (an explicit empty mask when None: in training
+    mode a HubertModel would otherwise draw its own masks from config.mask_time_prob)."""
+    if mask is None:
+        frames = int(model._get_feat_extract_output_lengths(audio.shape[-1]))
+        mask = torch.zeros(len(audio), frames, dtype=torch.bool, device=audio.device)
+    return model(audio, mask_time_indices=mask)
+
+
 def _optimise(
     params: Sequence[nn.Parameter],
     schedule: Schedule,
@@ -81,26 +90,35 @@ def masked_prediction(
     seed: int,
     mask_prob: float = 0.08,
     mask_length: int = 5,
+    regression: torch.Tensor | None = None,
     what: str = "masked prediction",
 ) -> dict:
     """HuBERT pre-training: predict each masked frame's cluster label (cross-entropy on masked frames)
-    from a linear head on the last layer; the head is dropped afterwards. `audio` (clips, samples) and
-    `labels` (clips, frames) live on the model's device."""
+    from a linear head on the last layer. With `regression` (clips, frames, dims), also reconstruct
+    it at the masked frames (mean squared error, MERT's musical target). Heads are dropped afterwards.
+    `audio` (clips, samples), `labels` (clips, frames) and `regression` live on the model's device."""
     device = audio.device
     head = nn.Linear(model.config.hidden_size, num_classes).to(device)
+    heads = nn.ModuleList([head] if regression is None else [head, nn.Linear(model.config.hidden_size, regression.shape[-1])])
+    heads.to(device)
     model.train()
 
     def loss_of_batch(batch, generator):
         batch = batch.to(device)
         target = labels[batch]
         mask = span_mask(len(batch), target.shape[1], mask_prob, mask_length, generator).to(device)
-        hidden = model(audio[batch], mask_time_indices=mask).last_hidden_state
-        return F.cross_entropy(head(hidden[mask]), target[mask])
+        hidden = _forward(model, audio[batch], mask).last_hidden_state[mask]
+        loss = F.cross_entropy(head(hidden), target[mask])
+        if regression is not None:
+            loss = loss + F.mse_loss(heads[1](hidden), regression[batch][mask])
+        return loss
 
-    record = _optimise([*model.parameters(), *head.parameters()], schedule, loss_of_batch, len(audio), seed, what)
+    record = _optimise([*model.parameters(), *heads.parameters()], schedule, loss_of_batch, len(audio), seed, what)
     model.eval()
-    return record | {"objective": f"masked prediction of {num_classes} k-means clusters", "mask_prob": mask_prob,
-                     "mask_length": mask_length}
+    objective = f"masked prediction of {num_classes} k-means clusters"
+    if regression is not None:
+        objective += f" + reconstruction of a {regression.shape[-1]}-semitone log spectrum (MSE)"
+    return record | {"objective": objective, "mask_prob": mask_prob, "mask_length": mask_length}
 
 
 def distillation_loss(predicted: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -136,7 +154,7 @@ def distill(
 
     def loss_of_batch(batch, generator):
         x = audio[batch.to(device)]
-        last = student(x).last_hidden_state
+        last = _forward(student, x).last_hidden_state
         targets = [t for teacher, layers in teachers for t in _teacher_layers(teacher, x, layers)]
         return sum(distillation_loss(head(last), target) for head, target in zip(heads, targets))
 
@@ -169,7 +187,7 @@ def finetune_classifier(
         batch = batch.to(device)
         model.requires_grad_(step[0] >= frozen_steps)
         step[0] += 1
-        pooled = model(audio[batch]).last_hidden_state.mean(1)
+        pooled = _forward(model, audio[batch]).last_hidden_state.mean(1)
         return F.cross_entropy(head(pooled), labels[batch])
 
     record = _optimise([*model.parameters(), *head.parameters()], schedule, loss_of_batch, len(audio), seed, what)

@@ -33,19 +33,27 @@ def mel_filters(n_fft: int, bands: int, sample_rate: int, low: float, high: floa
     return torch.clamp(torch.minimum(rising, falling), min=0)
 
 
-def chroma_filters(n_fft: int, sample_rate: int, low: float = 55.0, high: float = 4200.0, device=None) -> torch.Tensor:
-    """(n_fft // 2 + 1, 12) map of FFT bins to pitch classes (C = 0), each bin's weight split between
-    its two nearest semitones."""
+def semitone_filters(n_fft: int, sample_rate: int, low_midi: int, high_midi: int, device=None) -> torch.Tensor:
+    """(n_fft // 2 + 1, high_midi - low_midi + 1) map of FFT bins to semitones (a constant-Q-like
+    spectrum from an STFT), each bin's weight split between its two nearest semitones."""
     freqs = torch.linspace(0, sample_rate / 2, n_fft // 2 + 1, device=device)
-    weights = torch.zeros(len(freqs), 12, device=device)
-    inside = (freqs >= low) & (freqs <= high)
-    midi = 69 + 12 * torch.log2(freqs[inside] / 440)
+    count = high_midi - low_midi + 1
+    weights = torch.zeros(len(freqs), count + 1, device=device)
+    low_hz, high_hz = (440 * 2 ** ((m - 69) / 12) for m in (low_midi - 0.5, high_midi + 0.5))
+    inside = (freqs >= low_hz) & (freqs <= high_hz)
+    midi = (69 + 12 * torch.log2(freqs[inside] / 440) - low_midi).clamp(0, count - 1)
     below = torch.floor(midi)
-    frac = midi - below
     rows = torch.nonzero(inside).squeeze(1)
-    weights.index_put_((rows, below.long() % 12), 1 - frac, accumulate=True)
-    weights.index_put_((rows, (below.long() + 1) % 12), frac, accumulate=True)
-    return weights
+    weights.index_put_((rows, below.long()), 1 - (midi - below), accumulate=True)
+    weights.index_put_((rows, below.long() + 1), midi - below, accumulate=True)
+    return weights[:, :count]
+
+
+def chroma_filters(n_fft: int, sample_rate: int, low_midi: int = 33, high_midi: int = 108, device=None) -> torch.Tensor:
+    """(n_fft // 2 + 1, 12) map of FFT bins to pitch classes (C = 0): the semitone map folded by octave."""
+    semitones = semitone_filters(n_fft, sample_rate, low_midi, high_midi, device)
+    classes = (torch.arange(low_midi, high_midi + 1, device=device) % 12)
+    return torch.zeros(semitones.shape[0], 12, device=device).index_add_(1, classes, semitones)
 
 
 def log_compress(energy: torch.Tensor, top_db: float = 60.0) -> torch.Tensor:
@@ -78,6 +86,15 @@ def music_features(audio: torch.Tensor, sample_rate: int = 16000) -> torch.Tenso
     chroma = power @ chroma_filters(2048, sample_rate, device=audio.device)
     chroma = torch.log(chroma / (chroma.sum(-1, keepdim=True) + 1e-8) + 1e-3)
     return torch.cat([log_mel, chroma, chroma], dim=-1)
+
+
+def pitch_spectrum(audio: torch.Tensor, sample_rate: int = 16000) -> torch.Tensor:
+    """(clips, frames, 72): log energy per semitone from C2 to B7, standardised per semitone: MERT's
+    musical (CQT) reconstruction target, from a long STFT window for semitone resolution."""
+    power = frame_spectra(audio, 4096)
+    spectrum = log_compress(power @ semitone_filters(4096, sample_rate, 36, 107, audio.device))
+    flat = spectrum.reshape(-1, spectrum.shape[-1])
+    return (spectrum - flat.mean(0)) / (flat.std(0) + 1e-5)
 
 
 def kmeans(points: torch.Tensor, k: int, *, iterations: int = 30, seed: int = 0, sample: int = 50_000) -> torch.Tensor:
