@@ -4,20 +4,26 @@
 """
 from __future__ import annotations
 
-import functools
-import logging
 import os
-import threading
-from pathlib import Path
 
-import gradio as gr
+# Idle OpenMP threads sleep instead of spinning: on a shared 2-core machine spinning threads stall each
+# other (probes took 20x longer beside one busy process). Must be set before torch is imported.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from merging.align import PAPER_COMPONENTS
-from merging.lab import ALPHA_METHODS, METHOD_ROLES, ROLE_TITLES, Lab, LabConfig, LabSession
-from merging.methods import METHODS
-from merging.spec import COMPONENTS
-from merging.state import MergeError
-from viz.figures import MERGED, MUSIC, SPEECH, correlation_heatmaps, diagonal_by_layer, permutation_lines, probe_bars, tradeoff_curve
+import functools  # noqa: E402
+import logging  # noqa: E402
+import threading  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import gradio as gr  # noqa: E402
+
+from merging.align import PAPER_COMPONENTS  # noqa: E402
+from merging.lab import ALPHA_METHODS, METHOD_ROLES, ROLE_TITLES, Lab, LabConfig, LabSession  # noqa: E402
+from merging.methods import METHODS  # noqa: E402
+from merging.spec import COMPONENTS  # noqa: E402
+from merging.state import MergeError  # noqa: E402
+from viz.figures import (MERGED, MUSIC, SPEECH, correlation_heatmaps, diagonal_by_layer,  # noqa: E402
+                         permutation_lines, probe_bars, tradeoff_curve)
 
 try:  # on a ZeroGPU Space the decorated calls get a GPU; elsewhere the decorator is not there
     import spaces
@@ -38,6 +44,8 @@ EXAMPLES = [  # (file, label): speech, music, speech over music
     ("speech_over_music_yes_synth_lead.ogg", "speech over music: “yes” + synth"),
     ("speech_over_music_on_guitar.ogg", "speech over music: “on” + guitar"),
 ]
+# system fonts: the default theme's web fonts would be fetched from the internet
+THEME = gr.themes.Default(font=["ui-sans-serif", "system-ui", "sans-serif"], font_mono=["ui-monospace", "monospace"])
 BAR_COLOURS = {"speech": SPEECH, "music": MUSIC, "fine-tuned": MUSIC, "merged": MERGED}
 
 INTRO = """# merge lab
@@ -293,7 +301,7 @@ def launch(lab: Lab, **kwargs) -> gr.Blocks:
     """Build and start the app (kwargs go to `Blocks.launch`)."""
     demo = build_app(lab)
     demo.queue(default_concurrency_limit=1)
-    demo.launch(max_file_size=lab.config.max_upload_bytes, allowed_paths=[str(EXAMPLES_DIR)], **kwargs)
+    demo.launch(max_file_size=lab.config.max_upload_bytes, allowed_paths=[str(EXAMPLES_DIR)], theme=THEME, **kwargs)
     return demo
 
 

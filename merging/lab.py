@@ -75,7 +75,7 @@ class LabConfig:
     live_train: int = 48  # probe clips per task used to fit the live probes (the benchmark uses all)
     live_test: int = 24  # ... and to score them
     calibration_limit: int | None = None
-    feature_batch: int = 16
+    feature_batch: int = 8  # clips per forward pass: small batches stay in cache (fastest on 2 cores)
     fit_iterations: int = 50  # L-BFGS iterations per live probe (the benchmark: 100)
     threads: int = 0  # torch threads for feature extraction (0: torch's default)
 
@@ -379,13 +379,16 @@ class Lab:
         return {role: self.registry.default(role) for role in ROLE_TITLES}
 
     def warm(self, sources: Mapping[str, str] | None = None) -> None:
-        """Load what the first merge needs (encoders, probe clips, the references' probes); errors are left
-        for the page to report when someone asks."""
+        """Load what the first merges need: encoders, probe clips and, on a CPU, the inputs' probes. Errors are
+        left for the page to report when someone asks. (On a GPU host the probes wait for a request: there
+        the GPU may only be usable inside request handlers, as on ZeroGPU.)"""
         sources = sources or self.default_sources()
         self.bench
-        for key in (sources["speech"], sources["music"]):
+        for key in sources.values():
             try:
-                self.reference(key)
+                self.registry.get(key)
+                if self.device == "cpu":
+                    self.reference(key)
             except MergeError:
                 pass
 
