@@ -5,9 +5,12 @@ import os
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
+import soundfile as sf
 from playwright.sync_api import expect, sync_playwright
 
+from conftest import UPLOAD_LIMIT
 from merging.benchmark import MODEL_NAMES
 
 CHROMIUM = os.environ.get("MERGE_LAB_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
@@ -71,10 +74,14 @@ def test_uploading_a_clip_shows_predictions_of_all_three_encoders(page):
     expect(predictions).to_contain_text("%)")
 
 
-def test_a_bad_upload_gets_a_toast_and_the_page_keeps_working(page, tmp_path):
+def test_bad_uploads_get_a_toast_and_the_page_keeps_working(page, tmp_path):
+    page.locator("#clip button[aria-label*='Clear'], #clip button[title*='Clear']").first.click()
+    big = tmp_path / "big.wav"
+    sf.write(big, 0.1 * np.random.default_rng(0).standard_normal(UPLOAD_LIMIT).astype(np.float32), 16000)
+    page.locator("#clip input[type=file]").set_input_files(str(big))
+    expect(page.locator(".toast-body").filter(has_text="exceed the maximum allowed size")).to_be_visible(timeout=SLOW)
     bogus = tmp_path / "not-audio.wav"
     bogus.write_bytes(b"RIFF....WAVEfmt this is not a wave file")
-    page.locator("#clip button[aria-label*='Clear'], #clip button[title*='Clear']").first.click()
     page.locator("#clip input[type=file]").set_input_files(str(bogus))
     expect(page.locator(".toast-body").filter(has_text="not a readable audio file")).to_be_visible(timeout=SLOW)
     page.locator("#method label").filter(has_text="linear").click()  # choosing a method merges
