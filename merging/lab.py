@@ -251,6 +251,7 @@ class MergeResult:
     merge_seconds: float
     score_seconds: float
     device: str
+    alignment: Alignment | None = None  # the one a permute merge used
 
     def point(self) -> dict:
         return _point(self.method, self.params, self.scores)
@@ -398,8 +399,9 @@ class Lab:
         """Rows (role, encoder, parameters, sample rate, device) for the chosen encoders, and the problems found:
         missing or unloadable encoders and incompatible pairs."""
         rows, problems, loaded = [], [], {}
+        keys = {role: sources.get(role) or self.registry.default(role) for role in ROLE_TITLES}
         for role, title in ROLE_TITLES.items():
-            key = sources.get(role) or self.registry.default(role)
+            key = keys[role]
             try:
                 encoder = loaded[role] = self.registry.get(key)
                 rows.append([title, key, f"{encoder.num_parameters / 1e6:.2f} M", f"{encoder.sample_rate} Hz",
@@ -411,8 +413,7 @@ class Lab:
             present = [role for role in ROLE_TITLES if role in method_roles and role in loaded]
             for other in present[1:]:
                 try:
-                    check_compatible(loaded[present[0]].config, loaded[other].config,
-                                     names=(sources.get(present[0], ""), sources.get(other, "")))
+                    check_compatible(loaded[present[0]].config, loaded[other].config, names=(keys[present[0]], keys[other]))
                 except MergeError as error:
                     problems.append(str(error))
         return rows, problems
@@ -492,7 +493,7 @@ class Lab:
                 probes, scores = self.bench.evaluate(merged)
             score_seconds = time.perf_counter() - start - merge_seconds
         result = MergeResult(method, params, inputs, {k: v.detach().cpu() for k, v in state.items()}, probes, scores,
-                             merge_seconds, score_seconds, device)
+                             merge_seconds, score_seconds, device, alignments["music"] if alignments else None)
         session = replace(session, merged=result) if record else session
         return self._with_point(session, method, inputs, result.point())
 
@@ -585,7 +586,7 @@ class Lab:
             raise MergeError("nothing to export yet: merge first (step 3)")
         encoders = {role: self.registry.get(key) for role, key in merged.sources.items()}
         first = encoders[next(iter(encoders))]
-        alignments = {"music": session.alignment} if merged.method == "permute" else None
+        alignments = {"music": merged.alignment} if merged.alignment else None
         record = merge_record(merged.method, encoders, merged.params, alignments)
         record["probe_scores"] = {"note": self.bench.describe(), **merged.scores.as_row()}
         folder = Path(tempfile.mkdtemp(prefix="export-", dir=self._export_root))
