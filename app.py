@@ -190,7 +190,7 @@ def build_app(lab: Lab) -> gr.Blocks:
     # -- layout -----------------------------------------------------------------------------------
 
     with gr.Blocks(title="merge lab") as demo:
-        session = gr.State(LabSession())
+        session = gr.State(LabSession(), time_to_live=3 * 3600)  # abandoned sessions free their merged weights
         gr.Markdown(INTRO)
 
         gr.Markdown("## 1 · Encoders")

@@ -26,20 +26,18 @@ sys.path.insert(0, str(ROOT))
 
 from merging.benchmark import MODEL_NAMES, MODELS_DIR  # noqa: E402
 
-# The built-in encoders' size (shared/DESIGN.md: hidden 128, 4 layers, FFN 512, seven 64-channel CNN layers)
-STAND_IN = dict(hidden_size=128, num_attention_heads=4, intermediate_size=512, conv_dim=(64,) * 7,
-                num_conv_pos_embeddings=128, num_conv_pos_embedding_groups=16)
-
-
 def stand_in_models(root: Path) -> Path:
-    """Random encoders of the built-in size under the built-in names (timing only: their scores mean nothing)."""
+    """Random encoders of the built-in size (merging.train's recipe) under the built-in names: for timing
+    only, their scores mean nothing."""
     import torch
-    from transformers import HubertConfig, HubertModel
+    from transformers import HubertModel
+
+    from merging.train import encoder_config
 
     for seed, (role, name) in enumerate(MODEL_NAMES.items()):
         torch.manual_seed(seed)
         layers = 2 if role.startswith("student") else 4
-        HubertModel(HubertConfig(num_hidden_layers=layers, **STAND_IN)).save_pretrained(root / name)
+        HubertModel(encoder_config(layers)).save_pretrained(root / name)
         (root / name / "preprocessor_config.json").write_text(json.dumps(
             {"feature_extractor_type": "Wav2Vec2FeatureExtractor", "sampling_rate": 16000, "do_normalize": False}))
     return root

@@ -72,11 +72,11 @@ class LabConfig:
     device: str = "auto"
     max_clip_seconds: float = 30.0
     max_upload_bytes: int = 20 * 2**20
-    live_train: int = 48  # probe clips per task used to fit the live probes (the benchmark uses all)
-    live_test: int = 24  # ... and to score them
+    live_train: int = 32  # probe clips per task used to fit the live probes (the benchmark uses all)
+    live_test: int = 16  # ... and to score them
     calibration_limit: int | None = None
     feature_batch: int = 8  # clips per forward pass: small batches stay in cache (fastest on 2 cores)
-    fit_iterations: int = 50  # L-BFGS iterations per live probe (the benchmark: 100)
+    fit_iterations: int = 30  # L-BFGS iterations per live probe (the benchmark: 100)
     threads: int = 0  # torch threads for feature extraction (0: torch's default)
 
     @classmethod
