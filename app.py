@@ -46,6 +46,8 @@ EXAMPLES = [  # (file, label): speech, music, speech over music
 ]
 # system fonts: the default theme's web fonts would be fetched from the internet
 THEME = gr.themes.Default(font=["ui-sans-serif", "system-ui", "sans-serif"], font_mono=["ui-monospace", "monospace"])
+ALPHA_LABELS = {"linear": "α: weight of the music side (0 = speech encoder)",
+                "speech_ft": "α: weight of the fine-tuned copy (0 = pretrained speech encoder)"}
 BAR_COLOURS = {"speech": SPEECH, "music": MUSIC, "fine-tuned": MUSIC, "merged": MERGED}
 
 INTRO = """# merge lab
@@ -181,11 +183,13 @@ def build_app(lab: Lab) -> gr.Blocks:
         return str(lab.export(session))
 
     def method_controls(method):
-        alpha_method, vector_method = method in ALPHA_METHODS, method not in ALPHA_METHODS
+        """The method's description, and only the sliders it uses."""
         inputs = ", ".join(f"{role} ← {ROLE_TITLES[lab_role]}" for role, lab_role in METHOD_ROLES[method].items())
-        return (f"{METHODS[method].description}  \nInputs: {inputs}.", gr.update(interactive=alpha_method),
-                gr.update(interactive=vector_method), gr.update(interactive=vector_method),
-                gr.update(interactive=method in ("linear", "permute")))
+        uses_alpha, uses_lambdas = method in ALPHA_METHODS, method not in ALPHA_METHODS
+        alpha_label = ALPHA_LABELS.get(method, ALPHA_LABELS["linear"])
+        return (f"{METHODS[method].description}  \nInputs: {inputs}.", gr.update(visible=uses_alpha, label=alpha_label),
+                gr.update(visible=uses_lambdas), gr.update(visible=uses_lambdas),
+                gr.update(visible=method in ("linear", "permute")))
 
     # -- layout -----------------------------------------------------------------------------------
 
@@ -227,11 +231,13 @@ def build_app(lab: Lab) -> gr.Blocks:
             with gr.Column(scale=2):
                 method = gr.Radio(list(METHOD_ROLES), value="permute", label="method", elem_id="method")
                 method_note = gr.Markdown(method_controls("permute")[0])
-                alpha = gr.Slider(0, 1, value=0.1, step=0.01, label="α: weight of the music side (0 = speech encoder)",
+                alpha = gr.Slider(0, 1, value=0.1, step=0.01, label=ALPHA_LABELS["linear"],
                                   elem_id="alpha")
-                lambda_speech = gr.Slider(0, 1, value=0.5, step=0.05, label="λ speech (task vectors)", interactive=False)
-                lambda_music = gr.Slider(0, 1, value=0.5, step=0.05, label="λ music (task vectors)", interactive=False)
-                with gr.Accordion("per-layer α", open=False):
+                lambda_speech = gr.Slider(0, 1, value=0.5, step=0.05, label="λ speech: weight of the speech task vector",
+                                          visible=False, elem_id="lambda-speech")
+                lambda_music = gr.Slider(0, 1, value=0.5, step=0.05, label="λ music: weight of the music task vector",
+                                         visible=False, elem_id="lambda-music")
+                with gr.Accordion("per-layer α", open=False) as layer_alpha_editor:
                     layer_alphas = gr.Textbox("", label="one α per transformer layer (Enter to merge)",
                                               placeholder="e.g. 0.05, 0.1, 0.2, 0.4 (empty: α everywhere)")
                 merge_button = gr.Button("Merge", variant="primary", elem_id="merge-button")
@@ -280,7 +286,7 @@ def build_app(lab: Lab) -> gr.Blocks:
         for trigger in (alpha.release, lambda_speech.release, lambda_music.release, layer_alphas.submit, method.input):
             trigger(run_merge, merge_inputs, merge_outputs_, api_visibility="private", trigger_mode="always_last",
                     concurrency_id="lab")
-        method.change(method_controls, method, [method_note, alpha, lambda_speech, lambda_music, layer_alphas],
+        method.change(method_controls, method, [method_note, alpha, lambda_speech, lambda_music, layer_alpha_editor],
                       api_visibility="private")
         sweep_button.click(run_sweep, [session, method, *roles], [session, curve], api_name="sweep", concurrency_id="lab")
 
