@@ -18,7 +18,8 @@ from pathlib import Path  # noqa: E402
 import gradio as gr  # noqa: E402
 
 from merging.align import PAPER_COMPONENTS  # noqa: E402
-from merging.lab import ALPHA_METHODS, METHOD_ROLES, ROLE_TITLES, Lab, LabConfig, LabSession  # noqa: E402
+from merging.lab import (ALPHA_METHODS, METHOD_ROLES, ROLE_TITLES, Lab, LabConfig, LabSession,  # noqa: E402
+                         mean_matched)
 from merging.methods import METHODS  # noqa: E402
 from merging.spec import COMPONENTS  # noqa: E402
 from merging.state import MergeError  # noqa: E402
@@ -117,8 +118,7 @@ def build_app(lab: Lab) -> gr.Blocks:
                             progress=lambda fraction, message: progress(fraction, desc=message))
         alignment = session.alignment
         groups = list(alignment.groups)
-        before = sum(g.before for g in alignment.groups.values()) / len(groups)
-        after = sum(g.after for g in alignment.groups.values()) / len(groups)
+        before, after = mean_matched(alignment)
         status = (f"Aligned **{music}** to **{speech}**: {len(groups)} groups on {lab.calibration_note()} · "
                   f"mean matched correlation **{before:.2f} → {after:.2f}**")
         heatmap, lines = group_figures(session, groups[0])
@@ -151,26 +151,30 @@ def build_app(lab: Lab) -> gr.Blocks:
 
     @gpu
     @toasts
-    def run_merge(session, method, alpha, lambda_speech, lambda_music, layer_alphas, speech, music, student_base, student_speech, student_music, speech_ft):
-        session = lab.merge(session, sources_of(speech, music, student_base, student_speech, student_music, speech_ft), method, alpha=alpha, lambda_speech=lambda_speech,
+    def run_merge(session, method, alpha, lambda_speech, lambda_music, layer_alphas,
+                  speech, music, student_base, student_speech, student_music, speech_ft):
+        sources = sources_of(speech, music, student_base, student_speech, student_music, speech_ft)
+        session = lab.merge(session, sources, method, alpha=alpha, lambda_speech=lambda_speech,
                             lambda_music=lambda_music, layer_alphas=layer_alphas)
         return merge_outputs(session)
 
     @gpu
     @toasts
-    def run_sweep(session, method, speech, music, student_base, student_speech, student_music, speech_ft, progress=gr.Progress()):
-        session = lab.sweep(session, sources_of(speech, music, student_base, student_speech, student_music, speech_ft), method,
-                            progress=lambda fraction, message: progress(fraction, desc=message))
+    def run_sweep(session, method, speech, music, student_base, student_speech, student_music, speech_ft,
+                  progress=gr.Progress()):
+        sources = sources_of(speech, music, student_base, student_speech, student_music, speech_ft)
+        session = lab.sweep(session, sources, method, progress=lambda fraction, message: progress(fraction, desc=message))
         current = session.merged.point() if session.merged else None
         return session, tradeoff_curve(session.curve_points(), current=current)
 
     @gpu
     @toasts
     def run_probe(session, clip, method, speech, music, student_base, student_speech, student_music, speech_ft):
-        report = lab.probe_clip(session, sources_of(speech, music, student_base, student_speech, student_music, speech_ft), clip, method)
+        sources = sources_of(speech, music, student_base, student_speech, student_music, speech_ft)
+        report = lab.probe_clip(session, sources, clip, method)
         for warning in report.warnings:
             gr.Warning(warning)
-        status = f"{report.note} · " + " ".join(report.warnings)
+        status = " · ".join([report.note, *report.warnings])
         return {"headers": report.columns, "data": report.rows}, status
 
     def probe_on_change(session, clip, method, *roles):

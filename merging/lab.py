@@ -293,6 +293,12 @@ def _point(method: str, params: dict, scores: ProbeScores) -> dict:
     return {"alpha": x, "label": label, "speech_avg": scores.average("speech"), "music_avg": scores.average("music")}
 
 
+def mean_matched(alignment: Alignment) -> tuple[float, float]:
+    """Mean matched correlation over all groups, before and after the permutation."""
+    groups = list(alignment.groups.values())
+    return sum(g.before for g in groups) / len(groups), sum(g.after for g in groups) / len(groups)
+
+
 def parse_layer_alphas(text: str | None) -> list[float] | None:
     """'0.1, 0.2 0.3' -> [0.1, 0.2, 0.3]; empty -> None (one α everywhere)."""
     parts = [p for p in re.split(r"[,\s;]+", (text or "").strip()) if p]
