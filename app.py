@@ -318,7 +318,10 @@ def launch(lab: Lab, **kwargs) -> gr.Blocks:
 def main() -> None:
     logging.basicConfig(level=logging.INFO)
     lab = Lab(LabConfig.from_env())
-    threading.Thread(target=lab.warm, daemon=True, name="warm-up").start()
+    if lab.device == "cpu":
+        threading.Thread(target=lab.warm, daemon=True, name="warm-up").start()
+    else:  # ZeroGPU forks a worker per call: it must not inherit a lock that a warm-up thread holds
+        lab.warm()
     launch(lab, server_name=os.environ.get("GRADIO_SERVER_NAME"), server_port=_port())
 
 
