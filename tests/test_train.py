@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from merging.train.loops import Schedule, distill, distillation_loss, finetune_classifier, masked_prediction, span_mask
-from merging.train.targets import (chroma_filters, cluster_labels, frame_spectra, music_features, pitch_spectrum,
+from merging.train.targets import (chroma_filters, cluster_labels, frame_spectra, music_features, pitch_distributions,
                                    semitone_filters, speech_features)
 from tiny import tiny_model
 
@@ -37,7 +37,12 @@ def test_semitone_spectrum_peaks_at_the_played_note():
     audio, freqs = tones(8)
     peaks = (frame_spectra(audio, 4096) @ semitone_filters(4096, SR, 36, 107))[:, 20].argmax(1) + 36
     assert peaks.tolist() == [round(69 + 12 * np.log2(f / 440)) for f in freqs]
-    assert pitch_spectrum(audio).shape == (8, 49, 72)
+    semitones, chroma = pitch_distributions(audio)
+    assert semitones.shape == (8, 49, 72) and chroma.shape == (8, 49, 12)
+    assert torch.allclose(chroma[:, 20].sum(-1), torch.ones(8))
+    assert chroma[:, 20].argmax(1).tolist() == [round(69 + 12 * np.log2(f / 440)) % 12 for f in freqs]
+    silent = pitch_distributions(torch.cat([audio[:1, :8000], torch.zeros(1, 8000)], 1))[0]
+    assert silent[0, 45:].sum() == 0 and silent[0, 5:20].sum(-1).allclose(torch.ones(15))
 
 
 def test_cluster_labels_separate_distinct_tones():
@@ -69,10 +74,12 @@ def test_masked_prediction_learns_its_targets():
     model = tiny_model()
     record = masked_prediction(model, audio, labels, 4, Schedule(60, batch_size=8, lr=2e-3), seed=0)
     assert record["final_loss"] < 0.6 * record["first_loss"] and not model.training
-    pitch = pitch_spectrum(audio)
-    record = masked_prediction(tiny_model(), audio, labels, 4, Schedule(60, batch_size=8, lr=2e-3), seed=0,
-                               regression=pitch)
-    assert record["final_loss"] < 0.8 * record["first_loss"] and "reconstruction" in record["objective"]
+    model = tiny_model()
+    frontend = [p.clone() for p in model.feature_extractor.parameters()]
+    record = masked_prediction(model, audio, labels, 4, Schedule(60, batch_size=8, lr=2e-3), seed=0,
+                               distributions=pitch_distributions(audio), frontend_lr=0.0)
+    assert record["final_loss"] < 0.8 * record["first_loss"] and "72 and 12 pitch bins" in record["objective"]
+    assert all(torch.equal(a, b) for a, b in zip(frontend, model.feature_extractor.parameters()))
 
 
 def test_distillation_brings_the_student_toward_its_teacher():

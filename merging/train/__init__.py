@@ -25,12 +25,13 @@ from ..encoders import load_encoder
 from ..synth import KEYWORDS, SAMPLE_RATE, Clip, music_jobs, render, require_tools, speech_jobs
 from ..synth.assets import save_clip
 from .loops import Schedule, distill, finetune_classifier, masked_prediction
-from .targets import cluster_labels, music_features, pitch_spectrum, speech_features
+from .targets import cluster_labels, music_features, pitch_distributions, speech_features
 
 ROOT = Path(__file__).resolve().parents[2]
 MODELS_DIR = ROOT / "assets" / "models"
 DATA_DIR = ROOT / "runs" / "train-data"
 CLUSTERS = 100
+FRONTEND_LR = 0.1  # the CNN front end learns 10x slower in pre-training (HuBERT's feature_grad_mult)
 TEACHER_LAYERS = (2, 3, 4)  # the teacher layers each student predicts (DistilHuBERT: 4, 8, 12 of 12)
 
 
@@ -60,7 +61,7 @@ RECIPES = {
     "speech": Recipe(MODEL_NAMES["speech"], ("speech",), Schedule(1200), 101,
                      "HuBERT-style masked prediction of MFCC k-means clusters on synthetic speech"),
     "music": Recipe(MODEL_NAMES["music"], ("music",), Schedule(1200), 202,
-                    "MERT-style masked prediction of log-mel + chroma k-means clusters and reconstruction of a semitone spectrum, on synthetic music"),
+                    "MERT-style masked prediction of log-mel + chroma k-means clusters, plus which semitones and pitch classes sound in each frame, on synthetic music"),
     "student_base": Recipe(MODEL_NAMES["student_base"], ("speech", "music"), Schedule(500), 303,
                    "short masked-prediction pre-training on speech and music (both label sets): the students' shared init"),
     "student_speech": Recipe(MODEL_NAMES["student_speech"], ("speech",), Schedule(500), 404,
@@ -170,10 +171,10 @@ def train_teacher(key: str, out: Path = MODELS_DIR, device: torch.device | None 
         audio, _ = load_training_set(kind)
         audio = audio.to(device)
         labels = _labels(audio, kind, recipe.seed)
-        regression = pitch_spectrum(audio) if kind == "music" else None
+        distributions = pitch_distributions(audio) if kind == "music" else ()
         model = _fresh_model(4, recipe.seed, device)
         return model, masked_prediction(model, audio, labels, CLUSTERS, recipe.schedule, seed=recipe.seed,
-                                        regression=regression, what=recipe.name)
+                                        distributions=distributions, frontend_lr=FRONTEND_LR, what=recipe.name)
 
     (model, record), timing = _timed(run, device)
     return _save(key, model, {**record, **timing}, out)
@@ -190,7 +191,7 @@ def train_base(out: Path = MODELS_DIR, device: torch.device | None = None) -> Pa
         labels = torch.cat([_labels(parts[0], "speech", recipe.seed), _labels(parts[1], "music", recipe.seed) + CLUSTERS])
         model = _fresh_model(2, recipe.seed, device)
         return model, masked_prediction(model, torch.cat(parts), labels, 2 * CLUSTERS, recipe.schedule,
-                                        seed=recipe.seed, what=recipe.name)
+                                        seed=recipe.seed, frontend_lr=FRONTEND_LR, what=recipe.name)
 
     (model, record), timing = _timed(run, device)
     return _save("student_base", model, {**record, **timing}, out)

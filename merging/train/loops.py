@@ -51,16 +51,20 @@ def _forward(model: HubertModel, audio: torch.Tensor, mask: torch.Tensor | None 
 
 
 def _optimise(
-    params: Sequence[nn.Parameter],
+    params: Sequence[nn.Parameter] | Sequence[Sequence[nn.Parameter]],
     schedule: Schedule,
     loss_of_batch: Callable[[torch.Tensor, torch.Generator], torch.Tensor],
     num_clips: int,
     seed: int,
     what: str,
+    lr_scales: Sequence[float] | None = None,
 ) -> dict:
-    """AdamW with gradient clipping over random batches of clip indices; returns the run's record."""
+    """AdamW with gradient clipping over random batches of clip indices; returns the run's record.
+    `params` is one list, or several groups with a learning-rate scale each in `lr_scales`."""
     generator = torch.Generator().manual_seed(seed)
-    optimizer = torch.optim.AdamW(params, lr=schedule.lr, betas=(0.9, 0.98), weight_decay=0.01)
+    groups = [{"params": list(group), "lr": schedule.lr * scale} for group, scale in zip(params, lr_scales)] if lr_scales else params
+    params = [p for group in groups for p in group["params"]] if lr_scales else list(params)
+    optimizer = torch.optim.AdamW(groups, lr=schedule.lr, betas=(0.9, 0.98), weight_decay=0.01)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule.factor)
     losses, started = [], time.perf_counter()
     bar = tqdm(range(schedule.steps), desc=what, unit="step")
@@ -90,35 +94,44 @@ def masked_prediction(
     seed: int,
     mask_prob: float = 0.08,
     mask_length: int = 5,
-    regression: torch.Tensor | None = None,
+    distributions: Sequence[torch.Tensor] = (),
+    frontend_lr: float = 1.0,
     what: str = "masked prediction",
 ) -> dict:
     """HuBERT pre-training: predict each masked frame's cluster label (cross-entropy on masked frames)
-    from a linear head on the last layer. With `regression` (clips, frames, dims), also reconstruct
-    it at the masked frames (mean squared error, MERT's musical target). Heads are dropped afterwards.
-    `audio` (clips, samples), `labels` (clips, frames) and `regression` live on the model's device."""
+    from a linear head on the last layer. Each of `distributions` (clips, frames, dims), per-frame
+    target distributions such as the energy over semitones, adds a linear head trained by
+    cross-entropy to it on every frame that has one (rows of zeros have none). The CNN front end
+    learns at `frontend_lr` times the rate (HuBERT scales its gradient by 0.1). Heads are dropped
+    afterwards. Every tensor lives on the model's device."""
     device = audio.device
-    head = nn.Linear(model.config.hidden_size, num_classes).to(device)
-    heads = nn.ModuleList([head] if regression is None else [head, nn.Linear(model.config.hidden_size, regression.shape[-1])])
-    heads.to(device)
+    hidden_size = model.config.hidden_size
+    head = nn.Linear(hidden_size, num_classes).to(device)
+    dist_heads = nn.ModuleList(nn.Linear(hidden_size, d.shape[-1]) for d in distributions).to(device)
     model.train()
 
     def loss_of_batch(batch, generator):
         batch = batch.to(device)
         target = labels[batch]
         mask = span_mask(len(batch), target.shape[1], mask_prob, mask_length, generator).to(device)
-        hidden = _forward(model, audio[batch], mask).last_hidden_state[mask]
-        loss = F.cross_entropy(head(hidden), target[mask])
-        if regression is not None:
-            loss = loss + F.mse_loss(heads[1](hidden), regression[batch][mask])
+        hidden = _forward(model, audio[batch], mask).last_hidden_state
+        loss = F.cross_entropy(head(hidden[mask]), target[mask])
+        for dist_head, distribution in zip(dist_heads, distributions):
+            wanted = distribution[batch]
+            has_target = wanted.sum(-1) > 0
+            loss = loss - (wanted[has_target] * F.log_softmax(dist_head(hidden[has_target]), -1)).sum(-1).mean()
         return loss
 
-    record = _optimise([*model.parameters(), *heads.parameters()], schedule, loss_of_batch, len(audio), seed, what)
+    frontend = {id(p) for p in model.feature_extractor.parameters()}
+    groups = [[p for p in model.parameters() if id(p) in frontend],
+              [p for p in model.parameters() if id(p) not in frontend] + [*head.parameters(), *dist_heads.parameters()]]
+    record = _optimise(groups, schedule, loss_of_batch, len(audio), seed, what, lr_scales=(frontend_lr, 1.0))
     model.eval()
     objective = f"masked prediction of {num_classes} k-means clusters"
-    if regression is not None:
-        objective += f" + reconstruction of a {regression.shape[-1]}-semitone log spectrum (MSE)"
-    return record | {"objective": objective, "mask_prob": mask_prob, "mask_length": mask_length}
+    if distributions:
+        dims = " and ".join(str(d.shape[-1]) for d in distributions)
+        objective += f" + cross-entropy to per-frame energy distributions over {dims} pitch bins"
+    return record | {"objective": objective, "mask_prob": mask_prob, "mask_length": mask_length, "frontend_lr": frontend_lr}
 
 
 def distillation_loss(predicted: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

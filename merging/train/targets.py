@@ -88,13 +88,16 @@ def music_features(audio: torch.Tensor, sample_rate: int = 16000) -> torch.Tenso
     return torch.cat([log_mel, chroma, chroma], dim=-1)
 
 
-def pitch_spectrum(audio: torch.Tensor, sample_rate: int = 16000) -> torch.Tensor:
-    """(clips, frames, 72): log energy per semitone from C2 to B7, standardised per semitone: MERT's
-    musical (CQT) reconstruction target, from a long STFT window for semitone resolution."""
+def pitch_distributions(audio: torch.Tensor, sample_rate: int = 16000, floor_db: float = 30.0) -> list[torch.Tensor]:
+    """Per-frame distributions of energy over the 72 semitones C2..B7 and over the 12 pitch classes
+    (clips, frames, 72 | 12): which notes sound, whatever their loudness (MERT's musical target, here
+    as distributions). Frames more than `floor_db` under the clip's loudest are all zero (no target)."""
     power = frame_spectra(audio, 4096)
-    spectrum = log_compress(power @ semitone_filters(4096, sample_rate, 36, 107, audio.device))
-    flat = spectrum.reshape(-1, spectrum.shape[-1])
-    return (spectrum - flat.mean(0)) / (flat.std(0) + 1e-5)
+    semitones = power @ semitone_filters(4096, sample_rate, 36, 107, audio.device)
+    chroma = power @ chroma_filters(4096, sample_rate, 36, 107, audio.device)
+    total = semitones.sum(-1, keepdim=True)
+    sounding = total > total.amax(1, keepdim=True) * 10 ** (-floor_db / 10)
+    return [torch.where(sounding, energy / (energy.sum(-1, keepdim=True) + 1e-12), 0.0) for energy in (semitones, chroma)]
 
 
 def kmeans(points: torch.Tensor, k: int, *, iterations: int = 30, seed: int = 0, sample: int = 50_000) -> torch.Tensor:
