@@ -386,15 +386,15 @@ class Lab:
         return {role: self.registry.default(role) for role in ROLE_TITLES}
 
     def warm(self, sources: Mapping[str, str] | None = None) -> None:
-        """Load what the first merges need: encoders, probe clips and, on a CPU, the inputs' probes. Errors are
-        left for the page to report when someone asks. (On a GPU host the probes wait for a request: there
-        the GPU may only be usable inside request handlers, as on ZeroGPU.)"""
+        """Load what the first merges need: encoders, probe clips and, on a CPU, the speech and music encoders'
+        probes. Errors are left for the page to report when someone asks. (On a GPU host the probes wait for a
+        request: there the GPU may only be usable inside request handlers, as on ZeroGPU.)"""
         sources = sources or self.default_sources()
         self.bench
-        for key in sources.values():
+        for role, key in sources.items():
             try:
                 self.registry.get(key)
-                if self.device == "cpu":
+                if self.device == "cpu" and role in ("speech", "music"):  # the default method's inputs
                     self.reference(key)
             except MergeError:
                 pass
