@@ -19,7 +19,7 @@ import gradio as gr  # noqa: E402
 
 from merging.align import PAPER_COMPONENTS  # noqa: E402
 from merging.lab import (ALPHA_METHODS, METHOD_ROLES, ROLE_TITLES, Lab, LabConfig, LabSession,  # noqa: E402
-                         mean_matched)
+                         mean_matched, showcase_group)
 from merging.methods import METHODS  # noqa: E402
 from merging.spec import COMPONENTS  # noqa: E402
 from merging.state import MergeError  # noqa: E402
@@ -121,8 +121,9 @@ def build_app(lab: Lab) -> gr.Blocks:
         before, after = mean_matched(alignment)
         status = (f"Aligned **{music}** to **{speech}**: {len(groups)} groups on {lab.calibration_note()} · "
                   f"mean matched correlation **{before:.2f} → {after:.2f}**")
-        heatmap, lines = group_figures(session, groups[0])
-        return (session, status, gr.update(choices=groups, value=groups[0]), heatmap,
+        shown = showcase_group(alignment)
+        heatmap, lines = group_figures(session, shown)
+        return (session, status, gr.update(choices=groups, value=shown), heatmap,
                 diagonal_by_layer(alignment.groups), lines)
 
     def group_figures(session, name):

@@ -299,6 +299,14 @@ def mean_matched(alignment: Alignment) -> tuple[float, float]:
     return sum(g.before for g in groups) / len(groups), sum(g.after for g in groups) / len(groups)
 
 
+def showcase_group(alignment: Alignment, max_units: int = 256) -> str:
+    """The group whose heatmap shows the alignment best: the largest after/before gain among groups small
+    enough to draw cell by cell (larger ones are block-averaged, which blurs the diagonal)."""
+    groups = alignment.groups
+    small = [name for name, g in groups.items() if len(g.perm) <= max_units] or list(groups)
+    return max(small, key=lambda name: groups[name].after / max(groups[name].before, 1e-6))
+
+
 def parse_layer_alphas(text: str | None) -> list[float] | None:
     """'0.1, 0.2 0.3' -> [0.1, 0.2, 0.3]; empty -> None (one α everywhere)."""
     parts = [p for p in re.split(r"[,\s;]+", (text or "").strip()) if p]

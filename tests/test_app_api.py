@@ -60,12 +60,13 @@ def test_align_shows_heatmaps_on_one_scale_the_diagonal_and_the_permutation(alig
     _, (status, groups, heatmap, diagonal, permutation), _ = aligned
     assert "→" in status and "calibration" in status
     names = [value for _, value in groups["choices"]]
-    assert {"conv0", "ffn0", "attn1.qk", "attn1.vo"} <= set(names) and groups["value"] == "conv0"
+    assert {"conv0", "ffn0", "attn1.qk", "attn1.vo"} <= set(names) and groups["value"] in names
     maps = [trace for trace in plot(heatmap)["data"] if trace["type"] == "heatmap"]
     assert len(maps) == 2 and maps[0]["zmin"] == maps[1]["zmin"] and maps[0]["zmax"] == maps[1]["zmax"]
     bars = plot(diagonal)["data"]
     assert [b["name"] for b in bars] == ["before", "after"] and list(bars[0]["x"]) == names
     assert "units move" in plot(permutation)["layout"]["title"]["text"]
+    assert plot(heatmap)["layout"]["title"]["text"].startswith(groups["value"] + ":")
 
 
 def test_show_group_switches_the_heatmap_and_refuses_unknown_groups(aligned):

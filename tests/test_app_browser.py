@@ -43,7 +43,7 @@ def test_alignment_renders_heatmaps_before_and_after(page):
     expect(page.locator("#heatmap .hm image")).to_have_count(2, timeout=SLOW)  # before | after
     titles = page.locator("#heatmap .annotation-text").all_text_contents()
     assert titles == ["before (identity order)", "after permutation"]
-    expect(page.locator("#heatmap .gtitle")).to_contain_text("conv0")
+    expect(page.locator("#heatmap .gtitle")).to_contain_text("matched correlation")
     expect(page.locator("#diagonal g.trace.bars")).to_have_count(2)  # before, after
     expect(page.locator("#permutation .gtitle")).to_contain_text("units move")
 

@@ -99,6 +99,20 @@ def test_the_tradeoff_curve_starts_at_the_inputs_and_collects_merges(lab):
     assert [p["label"] for p in session.curve_points()["ties"]] == ["λ=0.8/0.2"]
 
 
+def test_the_showcase_group_is_the_best_gain_among_drawable_groups():
+    from types import SimpleNamespace
+
+    from merging.lab import showcase_group
+
+    def group(size, before, after):
+        return SimpleNamespace(perm=range(size), before=before, after=after)
+
+    alignment = SimpleNamespace(groups={"conv0": group(64, 0.4, 0.8), "conv2": group(64, 0.1, 0.5),
+                                        "ffn0": group(512, 0.01, 0.3)})
+    assert showcase_group(alignment) == "conv2"
+    assert showcase_group(alignment, max_units=8) == "ffn0"  # none small enough: the best of all
+
+
 def test_thread_count_is_restored():
     before = torch.get_num_threads()
     with torch_threads(1):
