@@ -98,7 +98,9 @@ def main() -> None:
         from gradio_client import handle_file
 
         client = connect(args.url)
-        print(f"merge lab app benchmark: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs; models: {note}")
+        load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+        print(f"merge lab app benchmark: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs "
+              f"(load average before: {load}); models: {note}")
         seconds, _ = timed(lambda: client.predict(api_name="/align"))
         print(f"/align (calibration clips, cold): {seconds:.2f} s")
         seconds, (_, _, _, summary) = timed(lambda: client.predict(method="permute", alpha=0.1, api_name="/merge"))
@@ -117,6 +119,7 @@ def main() -> None:
         clip = handle_file(str(ROOT / "assets" / "audio" / "examples" / "speech_over_music_yes_synth_lead.ogg"))
         times = [timed(lambda: client.predict(clip, api_name="/probe_clip"))[0] for _ in range(3)]
         print(f"/probe_clip (3 s clip, three encoders): {describe(times)}")
+        print(f"load average after: {', '.join(f'{x:.1f}' for x in os.getloadavg())}")
     finally:
         if server:
             server.terminate()
