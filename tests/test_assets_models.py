@@ -1,4 +1,5 @@
 """The shipped encoders (assets/models): complete, loadable, runnable, and documented by their cards."""
+import dataclasses
 import json
 import re
 from pathlib import Path
@@ -74,3 +75,20 @@ def _first_clip() -> np.ndarray:
 
     paths, _ = probe_split("keyword", "test")
     return load_audio(paths[0], 16000)[0]
+
+
+def test_trained_encoders_beat_random_init_on_their_own_probes(encoders):
+    from merging.probes import ProbeSuite, builtin_suite
+    from merging.train.cards import _random_like
+
+    full = builtin_suite(max_train=120, max_test=60)
+    tasks = [t for t in full.tasks if t.name in ("keyword", "pitch_class")]
+    used = sorted({i for t in tasks for i in t.train + t.test})
+    new = {old: k for k, old in enumerate(used)}
+    tasks = [dataclasses.replace(t, train=tuple(new[i] for i in t.train), test=tuple(new[i] for i in t.test)) for t in tasks]
+    suite = ProbeSuite([full.clips[i] for i in used], tasks, full.sample_rate)
+    random = suite.score(_random_like(encoders["speech"])).accuracy
+    speech, music = suite.score(encoders["speech"]).accuracy, suite.score(encoders["music"]).accuracy
+    assert speech["keyword"] >= random["keyword"] + 20, (speech, random)
+    assert music["pitch_class"] >= random["pitch_class"] + 15, (music, random)
+    assert music["pitch_class"] >= speech["pitch_class"] + 20 and speech["keyword"] >= music["keyword"] + 10
