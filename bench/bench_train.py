@@ -2,7 +2,7 @@
 
     python bench/bench_train.py [--steps 6] [--device cpu]
 
-Times the data preparation (decoding the training set, k-means targets) once per domain and a few
+Times (CPU time per thread, robust to other jobs on the machine) the data preparation (decoding the training set, k-means targets) once per domain and a few
 steps of every model's own loop at its own batch size, then prints the full schedule's estimated
 wall time. Needs the rendered training audio (python -m merging.train data).
 """
@@ -25,10 +25,12 @@ from merging.train.targets import pitch_distributions  # noqa: E402
 BUDGET_MINUTES = 30
 
 
-def timed(fn):
-    start = time.perf_counter()
+def timed(fn, threads: int = 1):
+    """(result, seconds): the process's CPU time over the `threads` it keeps busy, so that other jobs on
+    a shared machine do not inflate it (on an idle machine it is the wall time; 1 over-estimates)."""
+    start = time.process_time()
     result = fn()
-    return result, time.perf_counter() - start
+    return result, (time.process_time() - start) / threads
 
 
 def main() -> None:
@@ -67,7 +69,7 @@ def main() -> None:
     print(f"\n| model | s/step | steps | data prep s | estimated total min | within {BUDGET_MINUTES} min |\n|---|---|---|---|---|---|")
     for key, spec in RECIPES.items():
         run(key, 1)  # warm-up
-        _, seconds = timed(lambda: run(key, args.steps))
+        _, seconds = timed(lambda: run(key, args.steps), torch.get_num_threads())
         per_step = seconds / args.steps
         data_s = sum(prep[kind] for kind in spec.data) + (pitch_s if key == "music" else 0)
         total = (per_step * spec.schedule.steps + data_s) / 60
