@@ -1,0 +1,185 @@
+"""Reliability under careless or hostile use, at the library level: random audio and random merge
+settings get either a clean MergeError or a correct result, loaded encoders are never changed, and an
+export is whole or absent. (The running app is covered in test_app_reliability.py.)"""
+from __future__ import annotations
+
+import io
+import math
+import re
+import tracemalloc
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+
+from merging.audio import MAX_SAMPLE_RATE, MIN_SAMPLE_RATE, load_audio, prepare_audio
+from merging.state import MergeError
+
+ROOT = Path(__file__).resolve().parent.parent
+PROPERTY = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+def tone(seconds: float, rate: int, freq: float = 440.0, channels: int = 1) -> np.ndarray:
+    mono = (0.5 * np.sin(2 * np.pi * freq * np.arange(int(seconds * rate)) / rate)).astype(np.float32)
+    return mono if channels == 1 else np.repeat(mono[:, None], channels, axis=1)
+
+
+def encoded(audio: np.ndarray, rate: int, container: str, subtype: str) -> bytes:
+    buffer = io.BytesIO()
+    sf.write(buffer, audio, rate, format=container, subtype=subtype)
+    return buffer.getvalue()
+
+
+def peak_frequency(audio: np.ndarray, rate: int) -> float:
+    spectrum = np.abs(np.fft.rfft(audio * np.hanning(len(audio))))
+    return float(np.fft.rfftfreq(len(audio), 1 / rate)[spectrum.argmax()])
+
+
+def assert_clean_audio(audio: np.ndarray, length: int) -> None:
+    assert audio.dtype == np.float32 and audio.ndim == 1 and len(audio) == length
+    assert np.isfinite(audio).all()
+
+
+# ---- audio: random arrays and random files ------------------------------------------------------
+
+DTYPES = [np.uint8, np.int8, np.int16, np.int32, np.float16, np.float32, np.float64]
+RATES = st.one_of(st.sampled_from([8000, 11025, 12345, 16000, 22050, 44100, 44101, 48000, 96000, 384000]),
+                  st.integers(-10, 10**7))
+
+
+@st.composite
+def audio_arrays(draw) -> np.ndarray:
+    dtype = np.dtype(draw(st.sampled_from(DTYPES)))
+    shape = draw(st.one_of(hnp.array_shapes(min_dims=1, max_dims=1, min_side=0, max_side=3000),
+                           hnp.array_shapes(min_dims=2, max_dims=2, min_side=0, max_side=40),
+                           hnp.array_shapes(min_dims=3, max_dims=3, max_side=3)))
+    if dtype.kind == "f" and draw(st.booleans()):  # mostly audio-like values, sometimes anything at all
+        elements = st.floats(-1, 1, width=dtype.itemsize * 8)
+    else:
+        elements = None
+    return draw(hnp.arrays(dtype, shape, elements=elements))
+
+
+@PROPERTY
+@given(audio=audio_arrays(), rate=RATES, target=st.sampled_from([16000, 24000]),
+       max_seconds=st.sampled_from([30.0, 0.05]))
+def test_any_array_becomes_clean_mono_audio_or_a_merge_error(audio, rate, target, max_seconds):
+    original = audio.copy()
+    try:
+        out, info = prepare_audio(audio, rate, target, max_seconds=max_seconds)
+    except MergeError as error:
+        assert "\n" not in str(error)
+    else:
+        used = min(len(audio), int(max_seconds * rate))
+        assert_clean_audio(out, math.ceil(used * target / rate))
+        assert MIN_SAMPLE_RATE <= rate <= MAX_SAMPLE_RATE
+        assert bool(info["warnings"]) == (len(audio) > used)
+    np.testing.assert_array_equal(audio, original)  # the caller's array is never changed
+
+
+FILE_KINDS = [("WAV", "PCM_U8"), ("WAV", "PCM_16"), ("WAV", "PCM_24"), ("WAV", "PCM_32"), ("WAV", "FLOAT"),
+              ("WAV", "DOUBLE"), ("FLAC", "PCM_16"), ("FLAC", "PCM_24"), ("OGG", "VORBIS")]
+
+
+@st.composite
+def damaged(draw, data: bytes) -> bytes:
+    """`data` as it arrived: whole, cut short, with bytes overwritten, or behind a foreign prefix."""
+    damage = draw(st.sampled_from(["none", "truncate", "overwrite", "prefix"]))
+    if damage == "truncate":
+        return data[:draw(st.integers(0, len(data) - 1))]
+    if damage == "overwrite":
+        start = draw(st.integers(0, len(data) - 1))
+        return data[:start] + draw(st.binary(min_size=1, max_size=64)) + data[start + 64:]
+    if damage == "prefix":
+        return draw(st.binary(min_size=1, max_size=64)) + data
+    return data
+
+
+@PROPERTY
+@given(data=st.data(), kind=st.sampled_from(FILE_KINDS), channels=st.integers(1, 3),
+       rate=st.sampled_from([8000, 11025, 12345, 44100, 48000]), seconds=st.floats(0.01, 0.5))
+def test_any_file_whole_or_damaged_decodes_cleanly_or_is_refused(data, kind, channels, rate, seconds):
+    if kind[1] == "VORBIS" and rate == 12345:
+        rate = 22050  # the Vorbis encoder has no mode for that rate
+    whole = encoded(tone(seconds, rate, channels=channels), rate, *kind)
+    arrived = data.draw(damaged(whole))
+    try:
+        audio, info = load_audio(arrived, 16000)
+    except MergeError as error:
+        assert arrived != whole or "silent" in str(error)  # an intact file fails only when it is too short to hear
+        assert "\n" not in str(error)
+    else:
+        assert_clean_audio(audio, len(audio))
+        if arrived == whole:
+            assert info["channels"] == channels and info["sample_rate"] == rate
+            assert abs(len(audio) - info["seconds"] * 16000) <= 1
+
+
+@PROPERTY
+@given(data=st.binary(max_size=2048))
+def test_random_bytes_are_refused_or_decode_cleanly(data):
+    try:
+        audio, _ = load_audio(data, 16000)
+    except MergeError as error:
+        assert "\n" not in str(error)
+    else:
+        assert_clean_audio(audio, len(audio))
+
+
+# ---- audio: hostile and unusual files -------------------------------------------------------------
+
+FOREIGN_FILES = {
+    "png": b"\x89PNG\r\n\x1a\n" + b"\x00\x00\x00\rIHDR" + bytes(200),
+    "zip": b"PK\x03\x04" + bytes(200),
+    "pdf": b"%PDF-1.7\n" + b"1 0 obj\n<<>>\nendobj\n" * 10,
+    "html": b"<!doctype html><script>alert(1)</script>" * 10,
+    "midi": b"MThd\x00\x00\x00\x06\x00\x01\x00\x01\x01\xe0MTrk\x00\x00\x00\x04\x00\xff\x2f\x00",
+    "mp4": b"\x00\x00\x00\x20ftypisom\x00\x00\x02\x00isomiso2avc1mp41" + bytes(200),
+}
+
+
+@pytest.mark.parametrize("kind", FOREIGN_FILES)
+def test_a_file_of_another_kind_is_refused_whatever_its_name(tmp_path, kind):
+    disguised = tmp_path / "clip.wav"
+    disguised.write_bytes(FOREIGN_FILES[kind])
+    with pytest.raises(MergeError, match="not a readable audio file: clip.wav"):
+        load_audio(disguised, 16000)
+
+
+@pytest.mark.parametrize("rate", [1, 999, 384001, 2_000_003])
+def test_a_header_claiming_an_absurd_sample_rate_is_refused_before_any_resampling(rate):
+    header = encoded(tone(0.1, 8000), 8000, "WAV", "PCM_16")
+    data = header[:24] + rate.to_bytes(4, "little") + header[28:]  # the WAV header's sample rate field
+    with pytest.raises(MergeError, match=f"sample rate {rate} Hz is outside {MIN_SAMPLE_RATE}–{MAX_SAMPLE_RATE} Hz"):
+        load_audio(data, 16000)
+
+
+@pytest.mark.parametrize("rate", [7350, 12345, 44101, 96001])
+def test_odd_sample_rates_are_converted_at_the_right_pitch_and_length(rate):
+    audio, info = load_audio(encoded(tone(1.0, rate, freq=500.0), rate, "WAV", "PCM_24"), 16000)
+    assert info["sample_rate"] == rate
+    assert_clean_audio(audio, 16000)
+    assert abs(peak_frequency(audio, 16000) - 500.0) < 2
+
+
+def test_a_long_file_is_decoded_only_as_far_as_it_is_used(tmp_path):
+    long_file = tmp_path / "two-minutes.wav"
+    sf.write(long_file, tone(120.0, 8000), 8000, subtype="PCM_16")  # 1.9 MB on disk, 3.8 MB as float32
+    tracemalloc.start()
+    try:
+        audio, info = load_audio(long_file, 16000, max_seconds=1.0)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert len(audio) == 16000 and info["seconds"] == pytest.approx(120.0) and "longer than 1 s" in info["warnings"][0]
+    assert peak < 1_000_000  # bytes: a second of audio and its buffers, not two minutes
+
+
+def test_samples_far_beyond_full_scale_are_refused_not_overflowed():
+    with pytest.raises(MergeError, match="as large as 1e\\+30"):
+        prepare_audio(np.full(1600, 1e30), 16000, 16000)
+    assert np.isfinite(prepare_audio(np.full(1600, 3e4, dtype=np.float32), 16000, 16000)[0]).all()  # int-scaled floats
