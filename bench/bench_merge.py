@@ -1,8 +1,8 @@
 """Merge speed and alignment cost at HuBERT-base size (random weights), with same-run baselines.
 
-    python bench/bench_merge.py [--device cpu|cuda] [--repeats 5] [--calib-clips 32] [--skip-align]
+    python bench/bench_merge.py [--device cpu|cuda] [--repeats 5] [--calib-clips 32] [--skip-align] [--threads N]
 
-Prints, for `linear` and for `permute` (apply the alignment's permutations, then `linear`), the
+Prints, for `linear` (into new tensors, and `linear_into` preallocated ones) and for `permute` (apply the alignment's permutations, then `linear`), the
 median time and its ratio to `torch.lerp` over preallocated flat buffers of the same size; then the
 HuBERT-base invariance check (random permutations leave hidden states unchanged up to the residual
 order) and the seconds per stage of a full correlation alignment of two random base-size encoders.
@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from merging.align import correlation_align  # noqa: E402
 from merging.calibration import synthetic_signals  # noqa: E402
 from merging.encoders import Encoder  # noqa: E402
-from merging.methods import linear, merge  # noqa: E402
+from merging.methods import linear, linear_into, merge  # noqa: E402
 from merging.spec import COMPONENTS, apply_permutations, hubert_spec, random_permutations  # noqa: E402
 
 
@@ -59,7 +59,10 @@ def bench_merge(device: str, repeats: int) -> None:
     print(f"baseline torch.lerp, flat preallocated buffers: {baseline * 1e3:8.1f} ms")
 
     t_linear = timed(lambda: linear(speech, music, alpha=0.3), repeats, device)
-    print(f"linear (alpha=0.3):                             {t_linear * 1e3:8.1f} ms  ratio {t_linear / baseline:.2f}x")
+    print(f"linear (alpha=0.3), new tensors:                {t_linear * 1e3:8.1f} ms  ratio {t_linear / baseline:.2f}x")
+    out = {name: torch.empty_like(t) for name, t in speech.items()}
+    t_into = timed(lambda: linear_into(out, speech, music, alpha=0.3), repeats, device)
+    print(f"linear_into (alpha=0.3), preallocated outputs:  {t_into * 1e3:8.1f} ms  ratio {t_into / baseline:.2f}x")
 
     spec = hubert_spec(config)
     perms = {k: v.to(device) for k, v in random_permutations(spec, COMPONENTS, torch.Generator().manual_seed(0)).items()}
@@ -114,7 +117,10 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--calib-clips", type=int, default=32)
     parser.add_argument("--skip-align", action="store_true")
+    parser.add_argument("--threads", type=int, help="torch CPU threads (1 keeps ratios steady on a shared machine)")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, device {args.device}"
           + (f" ({torch.cuda.get_device_name()})" if args.device == "cuda" else ""))
     bench_merge(args.device, args.repeats)
