@@ -86,7 +86,7 @@ def _number(name: str, value, low: float, high: float, *, low_open: bool = False
     except (TypeError, ValueError):
         x = float("nan")
     inside = (low < x if low_open else low <= x) and (x < high if high_open else x <= high)
-    if isinstance(value, bool) or not inside:
+    if isinstance(value, (bool, str, bytes)) or not inside:  # "0.5" is text, not a number
         interval = f"{'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
         raise MergeError(f"{name} must be a number in {interval}, got {value!r}")
     return x

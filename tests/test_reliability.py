@@ -16,8 +16,16 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
+import torch
+
 from merging.audio import MAX_SAMPLE_RATE, MIN_SAMPLE_RATE, load_audio, prepare_audio
-from merging.state import MergeError
+from merging.encoders import Encoder, encoder_from_state
+from merging.lab import torch_threads
+from merging.methods import METHODS, merge
+from merging.pipeline import merge_encoders
+from merging.spec import COMPONENTS, apply_permutations, hubert_spec, random_permutations
+from merging.state import MergeError, state_checksum
+from tiny import tiny_model
 
 ROOT = Path(__file__).resolve().parent.parent
 PROPERTY = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -183,3 +191,146 @@ def test_samples_far_beyond_full_scale_are_refused_not_overflowed():
     with pytest.raises(MergeError, match="as large as 1e\\+30"):
         prepare_audio(np.full(1600, 1e30), 16000, 16000)
     assert np.isfinite(prepare_audio(np.full(1600, 3e4, dtype=np.float32), 16000, 16000)[0]).all()  # int-scaled floats
+
+
+# ---- merging: no mutation, no aliasing, clean refusals --------------------------------------------
+
+LAYERS = 2  # of the tiny encoders
+ROLE_SOURCES = {"linear": {}, "permute": {}, "speech_ft": {"pretrained": "speech", "finetuned": "speech_ft"}}
+
+
+class RandomAlignment:
+    """An alignment by random valid permutations of the chosen components (what a correlation
+    alignment returns has the same shape; its values do not matter here)."""
+
+    def __init__(self, spec, components: tuple[str, ...], seed: int) -> None:
+        self.spec, self.components = spec, components
+        self.perms = random_permutations(spec, components, torch.Generator().manual_seed(seed))
+
+    def apply(self, state):
+        return apply_permutations(state, self.spec, self.perms)
+
+
+@pytest.fixture(scope="module")
+def encoders() -> dict[str, Encoder]:
+    """Tiny encoders for every role a method takes."""
+    def encoder(seed: int, name: str) -> Encoder:
+        model = tiny_model(seed=seed)
+        return encoder_from_state(model.config, model.state_dict(), sample_rate=16000, normalize=False, name=name, source=name)
+
+    return {role: encoder(seed, role) for seed, role in enumerate(["speech", "music", "base", "speech_ft"])}
+
+
+def method_inputs(method: str, encoders: dict[str, Encoder]) -> dict[str, Encoder]:
+    sources = ROLE_SOURCES.get(method, {})
+    return {role: encoders[sources.get(role, role)] for role in METHODS[method].inputs}
+
+
+def random_merge_settings(method: str, rng: np.random.Generator, spec) -> tuple[dict, dict]:
+    """(parameters, alignments) drawn across each parameter's whole valid range."""
+    draw = {
+        "alpha": lambda: float(rng.choice([0.0, 1.0, rng.uniform()])),
+        "layer_alphas": lambda: list(rng.uniform(size=LAYERS)) if rng.uniform() < 0.3 else None,
+        "lambda_speech": lambda: float(rng.uniform(0 if method == "ties" else -1, 2)),
+        "lambda_music": lambda: float(rng.uniform(0 if method == "ties" else -1, 2)),
+        "density": lambda: float(rng.uniform(0.01, 1)),
+        "drop": lambda: float(rng.uniform(0, 0.99)),
+        "seed": lambda: int(rng.integers(0, 2**31)),
+        "rank_tol": lambda: float(rng.uniform(0, 0.5)),
+    }
+    params = {name: draw[name]() for name in METHODS[method].parameters if name in draw}
+    components = tuple(c for c in COMPONENTS if rng.uniform() < 0.5) or ("ffn",)
+    alignment = RandomAlignment(spec, components, int(rng.integers(0, 2**31)))
+    if method == "permute":
+        return params, {"music": alignment}
+    if "base" in METHODS[method].inputs and rng.uniform() < 0.3:  # aligned to the base first
+        return params, {str(rng.choice(["speech", "music"])): alignment}
+    return params, {}
+
+
+def test_a_thousand_random_merges_leave_every_encoder_unchanged_and_share_nothing_with_it(encoders):
+    rng = np.random.default_rng(0)
+    spec = hubert_spec(encoders["speech"].config, list(encoders["speech"].state_dict()))
+    before = {role: state_checksum(encoder.state_dict()) for role, encoder in encoders.items()}
+    shapes = {name: tensor.shape for name, tensor in encoders["speech"].state_dict().items()}
+    for step in range(1000):
+        method = list(METHODS)[step % len(METHODS)]
+        params, alignments = random_merge_settings(method, rng, spec)
+        with torch_threads(1):  # tiny SVDs on a busy machine: a second thread only waits (80x slower)
+            merged = merge_encoders(method, method_inputs(method, encoders), alignments=alignments, **params)
+        assert {name: tensor.shape for name, tensor in merged.items()} == shapes, (method, params)
+        assert all(torch.isfinite(t).all() for t in merged.values()), (method, params)
+        for tensor in merged.values():  # what a session does with its weights must not reach the encoders
+            tensor.add_(1)
+    assert {role: state_checksum(encoder.state_dict()) for role, encoder in encoders.items()} == before
+
+
+# Each parameter's valid values: (low, high, low included, high included); `merge` must take exactly these.
+VALID = {
+    "alpha": (0, 1, True, True), "lambda": (-1, 2, True, True), "ties lambda": (0, 2, True, True),
+    "density": (0, 1, False, True), "drop": (0, 1, True, False), "rank_tol": (0, 1, True, False),
+}
+ANY_NUMBER = st.one_of(st.floats(-3, 3), st.sampled_from([0.0, 1.0, -1.0, 2.0, math.nan, math.inf, -math.inf, 1e308]),
+                       st.integers(-3, 3), st.booleans(), st.text(max_size=3), st.none())
+
+
+def is_valid(method: str, name: str, value) -> bool:
+    if name == "seed":
+        return isinstance(value, int)  # bools are ints, and a fine seed
+    if name == "layer_alphas":
+        return value is None or (len(value) == LAYERS and all(is_valid(method, "alpha", a) for a in value))
+    if name == "layer_lambdas":
+        return value is None or (len(value) == LAYERS and all(
+            isinstance(pair, (tuple, list)) and len(pair) == 2 and all(is_valid(method, "lambda", x) for x in pair) for pair in value))
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
+        return False
+    kind = ("ties lambda" if method == "ties" else "lambda") if name.startswith("lambda") else name
+    low, high, low_in, high_in = VALID[kind]
+    return (low <= value if low_in else low < value) and (value <= high if high_in else value < high)
+
+
+@st.composite
+def merge_settings(draw) -> tuple[str, dict]:
+    method = draw(st.sampled_from(sorted(METHODS)))
+    params = {}
+    for name in METHODS[method].parameters:
+        if name == "alignment" or not draw(st.booleans()):
+            continue
+        if name == "layer_alphas":
+            params[name] = draw(st.one_of(st.none(), st.lists(st.floats(-0.5, 1.5), max_size=3)))
+        elif name == "layer_lambdas":
+            pairs = st.one_of(st.tuples(st.floats(-1.5, 2.5), st.floats(-1.5, 2.5)), st.tuples(st.floats(0, 1)), st.floats(0, 1))
+            params[name] = draw(st.one_of(st.none(), st.lists(pairs, max_size=3)))
+        elif name == "seed":
+            params[name] = draw(st.one_of(st.integers(-2**40, 2**40), st.floats(-3, 3)))
+        else:
+            params[name] = draw(ANY_NUMBER)
+    return method, params
+
+
+@pytest.fixture(scope="module")
+def tiny_states(encoders) -> dict[str, dict]:
+    return {role: {name: t.clone() for name, t in encoder.state_dict().items()} for role, encoder in encoders.items()}
+
+
+@PROPERTY
+@given(setting=merge_settings())
+def test_any_merge_setting_merges_cleanly_exactly_when_it_is_valid(tiny_states, setting):
+    method, params = setting
+    sources = ROLE_SOURCES.get(method, {})
+    inputs = {role: tiny_states[sources.get(role, role)] for role in METHODS[method].inputs}
+    spec = hubert_spec(tiny_model().config, list(tiny_states["speech"]))
+    extra = {"alignment": RandomAlignment(spec, COMPONENTS, seed=0)} if method == "permute" else {}
+    before = {role: state_checksum(state) for role, state in inputs.items()}
+    valid = all(is_valid(method, name, value) for name, value in params.items())
+    try:
+        with torch_threads(1):
+            merged = merge(method, inputs, **params, **extra)
+    except MergeError as error:
+        assert not valid, f"{method} {params} refused: {error}"
+    else:
+        assert valid, f"{method} {params} accepted"
+        first = inputs[METHODS[method].inputs[0]]
+        assert {k: (t.shape, t.dtype) for k, t in merged.items()} == {k: (t.shape, t.dtype) for k, t in first.items()}
+        assert all(torch.isfinite(t).all() for t in merged.values())
+    assert {role: state_checksum(state) for role, state in inputs.items()} == before
