@@ -162,7 +162,8 @@ def _read_mono(handle: sf.SoundFile, max_frames: int) -> np.ndarray:
         data = handle.read(frames=min(block, max_frames - count), dtype="float32", always_2d=True)
         if len(data) == 0:
             break
-        parts.append(data.mean(axis=1))
+        with np.errstate(over="ignore", invalid="ignore"):  # a non-finite mix is refused afterwards
+            parts.append(data.mean(axis=1))
         count += len(data)
     return np.concatenate(parts) if parts else np.zeros(0, dtype=np.float32)
 

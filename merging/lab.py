@@ -15,6 +15,7 @@ import shutil
 import tempfile
 import threading
 import time
+import weakref
 from collections import OrderedDict
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -362,6 +363,7 @@ class Lab:
         self._references: dict[str, tuple[dict[str, LinearProbe], ProbeScores]] = {}
         self._lock = threading.RLock()
         self._export_root = Path(tempfile.mkdtemp(prefix="merge-lab-exports-"))
+        weakref.finalize(self, shutil.rmtree, self._export_root, True)  # the exports go with the lab, or at exit
 
     @contextmanager
     def _computing(self) -> Iterator[None]:
@@ -605,9 +607,13 @@ class Lab:
         record["probe_scores"] = {"note": self.bench.describe(), **merged.scores.as_row()}
         folder = Path(tempfile.mkdtemp(prefix="export-", dir=self._export_root))
         name = f"merged-{merged.method}"
-        saved = save_encoder(folder / name, merged.state, first.config, sample_rate=first.sample_rate,
-                             normalize=first.normalize, merge_config=record)
-        archive = zip_encoder_dir(saved, folder / f"{name}.zip")
+        try:
+            saved = save_encoder(folder / name, merged.state, first.config, sample_rate=first.sample_rate,
+                                 normalize=first.normalize, merge_config=record)
+            archive = zip_encoder_dir(saved, folder / f"{name}.zip")
+        except BaseException:
+            shutil.rmtree(folder, ignore_errors=True)
+            raise
         shutil.rmtree(saved, ignore_errors=True)
         self._prune_exports(keep=8)
         return archive

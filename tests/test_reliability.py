@@ -3,10 +3,13 @@ settings get either a clean MergeError or a correct result, loaded encoders are 
 export is whole or absent. (The running app is covered in test_app_reliability.py.)"""
 from __future__ import annotations
 
+import gc
 import io
 import math
+import os
 import re
 import tracemalloc
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -15,12 +18,14 @@ import soundfile as sf
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
-
 import torch
+from transformers import HubertModel
 
+import merging.checkpoint
 from merging.audio import MAX_SAMPLE_RATE, MIN_SAMPLE_RATE, load_audio, prepare_audio
-from merging.encoders import Encoder, encoder_from_state
-from merging.lab import torch_threads
+from merging.checkpoint import load_merge_config, save_encoder, zip_encoder_dir
+from merging.encoders import Encoder, build_model, encoder_from_state, load_encoder
+from merging.lab import Lab, LabConfig, LabSession, torch_threads
 from merging.methods import METHODS, merge
 from merging.pipeline import merge_encoders
 from merging.spec import COMPONENTS, apply_permutations, hubert_spec, random_permutations
@@ -334,3 +339,102 @@ def test_any_merge_setting_merges_cleanly_exactly_when_it_is_valid(tiny_states, 
         assert {k: (t.shape, t.dtype) for k, t in merged.items()} == {k: (t.shape, t.dtype) for k, t in first.items()}
         assert all(torch.isfinite(t).all() for t in merged.values())
     assert {role: state_checksum(state) for role, state in inputs.items()} == before
+
+
+# ---- export: whole or absent, and it reloads to the same model ------------------------------------
+
+def outputs(model) -> torch.Tensor:
+    with torch.no_grad():
+        return model(torch.randn(1, 4000, generator=torch.Generator().manual_seed(0))).last_hidden_state
+
+
+@pytest.mark.parametrize("method", list(METHODS))
+def test_an_exported_merge_reloads_to_the_same_weights_and_outputs(encoders, method, tmp_path):
+    rng = np.random.default_rng(1)
+    spec = hubert_spec(encoders["speech"].config, list(encoders["speech"].state_dict()))
+    params, alignments = random_merge_settings(method, rng, spec)
+    with torch_threads(1):
+        merged = merge_encoders(method, method_inputs(method, encoders), alignments=alignments, **params)
+    config = encoders["speech"].config
+    saved = save_encoder(tmp_path / "merged", merged, config, sample_rate=16000, normalize=False,
+                         merge_config={"method": method, "arguments": params})
+    zipfile.ZipFile(zip_encoder_dir(saved, tmp_path / "merged.zip")).extractall(tmp_path / "unzipped")
+    reloaded = tmp_path / "unzipped" / "merged"
+    assert state_checksum(load_encoder(reloaded).state_dict()) == state_checksum(merged)
+    assert torch.equal(outputs(HubertModel.from_pretrained(reloaded).eval()), outputs(build_model(config, merged)))
+
+
+@pytest.fixture(scope="module")
+def lab(lab_models) -> Lab:
+    return Lab(LabConfig(models_dir=lab_models, live_train=8, live_test=4, calibration_limit=16, fit_iterations=10))
+
+
+@pytest.fixture(scope="module")
+def merged_session(lab) -> LabSession:
+    return lab.merge(LabSession(), lab.default_sources(), "ties", lambda_speech=0.7, lambda_music=0.4)
+
+
+def test_the_labs_export_reloads_to_the_sessions_weights(lab, merged_session, tmp_path):
+    zipfile.ZipFile(lab.export(merged_session)).extractall(tmp_path)
+    reloaded = load_encoder(tmp_path / "merged-ties")
+    assert state_checksum(reloaded.state_dict()) == state_checksum(merged_session.merged.state)
+    assert load_merge_config(tmp_path / "merged-ties")["arguments"] == {"lambda_speech": 0.7, "lambda_music": 0.4}
+
+
+def half_written_weights(tensors, filename, metadata=None):
+    Path(filename).write_bytes(b"the first half of a safetensors file")
+    raise OSError("disk full")
+
+
+def refused_rename(source, destination):
+    raise OSError("disk full")
+
+
+@pytest.mark.parametrize("failure", ["weights half written", "zip rename refused"])
+def test_an_interrupted_export_leaves_nothing_behind_and_the_next_one_works(lab, merged_session, monkeypatch, failure):
+    root = lab.export(merged_session).parent.parent
+    before = sorted(root.rglob("*"))
+    with monkeypatch.context() as patch:
+        if failure == "weights half written":
+            patch.setattr(merging.checkpoint, "save_file", half_written_weights)
+        else:
+            patch.setattr(merging.checkpoint.os, "replace", refused_rename)
+        with pytest.raises(OSError, match="disk full"):
+            lab.export(merged_session)
+    assert sorted(root.rglob("*")) == before  # no partial folder, zip or temporary file
+    with zipfile.ZipFile(lab.export(merged_session)) as archive:
+        assert archive.testzip() is None and "merged-ties/model.safetensors" in archive.namelist()
+
+
+def test_exports_are_capped_and_removed_with_their_lab(lab_models, lab, merged_session):
+    archives = [lab.export(merged_session) for _ in range(10)]
+    assert archives[-1].is_file() and len(list(archives[0].parent.parent.iterdir())) == 8
+    other = Lab(LabConfig(models_dir=lab_models, live_train=8, live_test=4))
+    root = other.export(merged_session).parent.parent
+    del other
+    gc.collect()
+    assert not root.exists()
+
+
+# ---- no remote code ---------------------------------------------------------------------------------
+
+REMOTE_CODE_ON = re.compile(r"""trust_remote_code['"]?\s*[=:]\s*(?!\s*False\b)""")
+
+
+def python_sources() -> list[Path]:
+    sources = []
+    for folder, subfolders, files in os.walk(ROOT):
+        subfolders[:] = [d for d in subfolders if not d.startswith(".") and d not in ("runs", "assets", "node_modules")]
+        sources += [Path(folder, name) for name in files if name.endswith(".py")]
+    return sources
+
+
+def test_no_source_ever_turns_on_trust_remote_code():
+    quote = '"'
+    assert REMOTE_CODE_ON.search("trust_remote_code" + "=True") and REMOTE_CODE_ON.search(f"{quote}trust_remote_code{quote}: 1")
+    assert not REMOTE_CODE_ON.search("trust_remote_code" + "=False")
+    sources = python_sources()
+    assert ROOT / "merging" / "encoders.py" in sources and ROOT / "app.py" in sources
+    offenders = [f"{p.relative_to(ROOT)}:{n}" for p in sources
+                 for n, line in enumerate(p.read_text(errors="replace").splitlines(), 1) if REMOTE_CODE_ON.search(line)]
+    assert offenders == []
