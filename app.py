@@ -50,6 +50,8 @@ THEME = gr.themes.Default(font=["ui-sans-serif", "system-ui", "sans-serif"], fon
 ALPHA_LABELS = {"linear": "α: weight of the music side (0 = speech encoder)",
                 "speech_ft": "α: weight of the fine-tuned copy (0 = pretrained speech encoder)"}
 BAR_COLOURS = {"speech": SPEECH, "music": MUSIC, "fine-tuned": MUSIC, "merged": MERGED}
+SESSION_SECONDS = 3 * 3600  # an idle session's merged weights are dropped after this
+CACHE_CLEANUP = (3600, SESSION_SECONDS)  # hourly, delete uploads and downloads older than a session lives
 
 INTRO = """# merge lab
 Merge a **speech** encoder (HuBERT) with a **music** encoder (MERT) and see *why* the merge works.
@@ -198,8 +200,8 @@ def build_app(lab: Lab) -> gr.Blocks:
 
     # -- layout -----------------------------------------------------------------------------------
 
-    with gr.Blocks(title="merge lab") as demo:
-        session = gr.State(LabSession(), time_to_live=3 * 3600)  # abandoned sessions free their merged weights
+    with gr.Blocks(title="merge lab", delete_cache=CACHE_CLEANUP) as demo:
+        session = gr.State(LabSession(), time_to_live=SESSION_SECONDS)  # abandoned sessions free their merged weights
         gr.Markdown(INTRO)
 
         gr.Markdown("## 1 · Encoders")

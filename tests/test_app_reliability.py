@@ -1,0 +1,132 @@
+"""The running app under careless or hostile clients: several sessions at once, paths it must not open,
+values outside the controls' ranges, and unusual but valid uploads."""
+from __future__ import annotations
+
+import json
+import threading
+import zipfile
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+import soundfile as sf
+from gradio_client import Client, handle_file
+
+from merging.benchmark import MODEL_NAMES
+from merging.state import state_checksum
+
+ROOT = Path(__file__).resolve().parent.parent
+SPEECH_CLIP = ROOT / "assets" / "audio" / "examples" / "speech_yes_en-us-m1.ogg"
+
+
+def new_client(url: str) -> Client:
+    return Client(url, verbose=False)  # a client is one session
+
+
+def raw_call(url: str, endpoint: str, clip: dict) -> str:
+    """Call `endpoint` with a hand-made clip value, as a script could without gradio_client (which uploads
+    every local path it is given); the other inputs keep their defaults. Returns the event stream."""
+    api = f"{url}gradio_api"
+    parameters = httpx.get(f"{api}/info").json()["named_endpoints"][f"/{endpoint}"]["parameters"]
+    data = [clip] + [p.get("parameter_default") for p in parameters[1:]]
+    event = httpx.post(f"{api}/call/{endpoint}", json={"data": data}).json()["event_id"]
+    return httpx.get(f"{api}/call/{endpoint}/{event}", timeout=120).text
+
+
+def uploaded(url: str, path: Path) -> str:
+    with path.open("rb") as file:
+        return httpx.post(f"{url}gradio_api/upload", files={"files": (path.name, file)}).json()[0]
+
+
+def file_data(path: str) -> dict:
+    return {"path": path, "meta": {"_type": "gradio.FileData"}}
+
+
+def paths_probed(lab, monkeypatch) -> list[str]:
+    """The clip paths the app hands to `lab.probe_clip` from now on (the test's end restores it)."""
+    probed, real_probe_clip = [], lab.probe_clip
+
+    def probe_clip(session, sources, path, *rest):
+        probed.append(str(path))
+        return real_probe_clip(session, sources, path, *rest)
+
+    monkeypatch.setattr(lab, "probe_clip", probe_clip)
+    return probed
+
+
+def test_a_clip_path_that_was_not_uploaded_never_reaches_the_lab(app_server, monkeypatch):
+    url, lab = app_server
+    opened = paths_probed(lab, monkeypatch)
+    for outside in ("/etc/passwd", "../../../../../../etc/passwd", str(SPEECH_CLIP), str(ROOT / "app.py")):
+        assert "event: error" in raw_call(url, "probe_clip", file_data(outside))
+    assert opened == []
+    legit = uploaded(url, SPEECH_CLIP)  # the same call with an uploaded file goes through
+    assert "event: complete" in raw_call(url, "probe_clip", file_data(legit))
+    assert opened == [legit]
+
+
+@pytest.mark.parametrize("setting, message", [
+    ({"alpha": 1.5}, "greater than maximum"),
+    ({"alpha": -0.2}, "less than minimum"),
+    ({"method": "task_arithmetic", "lambda_speech": 1.8}, "greater than maximum"),
+    ({"method": "ties", "lambda_music": -1}, "less than minimum"),
+])
+def test_values_outside_a_sliders_range_are_refused_and_change_nothing(app_server, setting, message):
+    client = new_client(app_server[0])
+    kept = client.predict(method="linear", alpha=0.35, api_name="/merge")[3]
+    with pytest.raises(Exception, match=message):
+        client.predict(**{"method": "linear", **setting}, api_name="/merge")
+    record = json.loads(zipfile.ZipFile(client.predict(api_name="/export")).read("merged-linear/merge_config.json"))
+    assert record["arguments"] == kept["params"] == {"alpha": 0.35}
+
+
+def write_clip(path: Path, rate: int, channels: int, subtype: str) -> Path:
+    t = np.arange(rate) / rate
+    mono = 0.4 * np.sin(2 * np.pi * 330 * t) * (t < 0.8)
+    sf.write(path, np.repeat(mono[:, None], channels, axis=1), rate, subtype=subtype)
+    return path
+
+
+@pytest.mark.parametrize("name, rate, channels, subtype", [
+    ("stereo-24bit-44k.flac", 44100, 2, "PCM_24"), ("mono-8bit-11k.wav", 11025, 1, "PCM_U8"),
+    ("float-odd-rate.wav", 12345, 3, "FLOAT"),
+])
+def test_unusual_but_valid_uploads_are_converted_and_probed(app_server, tmp_path, name, rate, channels, subtype):
+    table, status = new_client(app_server[0]).predict(handle_file(str(write_clip(tmp_path / name, rate, channels, subtype))),
+                                                      api_name="/probe_clip")
+    assert status.startswith(f"{name}: 1.0 s") and len(table["data"]) == 5
+
+
+def test_concurrent_sessions_get_their_own_results_and_leave_the_encoders_alone(app_server):
+    url, lab = app_server
+    keys = [MODEL_NAMES[role] for role in ("speech", "music", "student_base", "student_speech", "student_music")]
+    before = {key: state_checksum(lab.registry.get(key).state_dict()) for key in keys}
+    plans = [("linear", {"alpha": 0.15}), ("ties", {"lambda_speech": 0.6, "lambda_music": 0.3}),
+             ("task_arithmetic", {"lambda_speech": 0.2, "lambda_music": 0.7}), ("linear", {"alpha": 0.85})]
+    recorded, errors = {}, []
+
+    def session(index: int, method: str, params: dict) -> None:
+        try:
+            client = new_client(url)
+            client.predict(method=method, **params, api_name="/merge")
+            client.predict(handle_file(str(SPEECH_CLIP)), api_name="/probe_clip")
+            archive = zipfile.ZipFile(client.predict(api_name="/export"))
+            recorded[index] = json.loads(archive.read(f"merged-{method}/merge_config.json"))["arguments"]
+        except Exception as error:  # reported below, with the others
+            errors.append(f"session {index}: {error!r}")
+
+    threads = [threading.Thread(target=session, args=(i, *plan)) for i, plan in enumerate(plans)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=300)
+    assert errors == [] and recorded == {i: params for i, (_, params) in enumerate(plans)}
+    assert {key: state_checksum(lab.registry.get(key).state_dict()) for key in keys} == before
+
+
+def test_uploads_and_downloads_are_deleted_once_no_session_can_use_them(app_server):
+    import app
+
+    frequency, age = app.build_app(app_server[1]).delete_cache
+    assert 0 < frequency <= age <= app.SESSION_SECONDS
