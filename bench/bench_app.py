@@ -49,6 +49,25 @@ def start_app(models: Path, port: int) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "app.py"], cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
 
 
+def free_loopback_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def serve_app(models: Path | None) -> tuple[str, subprocess.Popen, str]:
+    """Start the app on a free loopback port on `models` (default assets/models; random stand-ins of the
+    built-in size when encoders are missing there). Returns (url, server process, what it serves)."""
+    folder = models or MODELS_DIR
+    note = str(folder)
+    missing = [name for name in MODEL_NAMES.values() if not (folder / name).is_dir()]
+    if missing:
+        folder = stand_in_models(Path(tempfile.mkdtemp(prefix="bench-app-models-")))
+        note = f"random stand-ins of the built-in size ({', '.join(missing)} missing from {models or MODELS_DIR})"
+    port = free_loopback_port()
+    return f"http://127.0.0.1:{port}/", start_app(folder, port), note
+
+
 def connect(url: str, timeout: float = 180):
     from gradio_client import Client
 
@@ -81,19 +100,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=10)
     args = parser.parse_args()
 
-    server = None
-    models = args.models or MODELS_DIR
-    note = str(models)
+    server, note = None, "those of the app at --url"
     if not args.url:
-        if not all((models / name).is_dir() for name in MODEL_NAMES.values()):
-            missing = [name for name in MODEL_NAMES.values() if not (models / name).is_dir()]
-            models = stand_in_models(Path(tempfile.mkdtemp(prefix="bench-app-models-")))
-            note = f"random stand-ins of the built-in size ({', '.join(missing)} missing from {args.models or MODELS_DIR})"
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            port = sock.getsockname()[1]
-        server = start_app(models, port)
-        args.url = f"http://127.0.0.1:{port}/"
+        args.url, server, note = serve_app(args.models)
     try:
         from gradio_client import handle_file
 
