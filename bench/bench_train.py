@@ -62,7 +62,7 @@ def main() -> None:
             finetune_classifier(recipe._fresh_model(4, 0, device), audio["speech"], labels["speech"][:, 0] % 20, 20,
                                 schedule, seed=0)
         else:
-            names = {"student_speech": ("speech",), "student_music": ("music",), "student_multi": ("speech", "music")}[key]
+            names = RECIPES[key].data  # the teachers of the student's own audio
             data = both if len(names) == 2 else audio[names[0]]
             distill(recipe._fresh_model(2, 0, device), [(teachers[n], TEACHER_LAYERS) for n in names], data, schedule, seed=0)
 

@@ -185,9 +185,9 @@ def builtin_suite(root: str | Path | None = None, sample_rate: int = 16000, *,
         return tuple(index[row["path"]] for row in rows)
 
     tasks = []
+    limits = {"train": max_train, "test": max_test}
     for name, info in manifest["tasks"].items():
         labels = tuple(info["labels"])
-        limits = {"train": max_train, "test": max_test}
         split = {s: [f for f in manifest["files"] if f["split"] == s and f["probe_set"] == info["probe_set"]][:limits[s]]
                  for s in ("train", "test")}
         ys = {s: tuple(labels.index(f["labels"][name]) for f in rows) for s, rows in split.items()}

@@ -79,7 +79,7 @@ def _first_clip() -> np.ndarray:
 
 def test_trained_encoders_beat_random_init_on_their_own_probes(encoders):
     from merging.probes import ProbeSuite, builtin_suite
-    from merging.train.cards import _random_like
+    from merging.benchmark import random_init
 
     full = builtin_suite(max_train=120, max_test=60)
     tasks = [t for t in full.tasks if t.name in ("keyword", "pitch_class")]
@@ -87,7 +87,7 @@ def test_trained_encoders_beat_random_init_on_their_own_probes(encoders):
     new = {old: k for k, old in enumerate(used)}
     tasks = [dataclasses.replace(t, train=tuple(new[i] for i in t.train), test=tuple(new[i] for i in t.test)) for t in tasks]
     suite = ProbeSuite([full.clips[i] for i in used], tasks, full.sample_rate)
-    random = suite.score(_random_like(encoders["speech"])).accuracy
+    random = suite.score(random_init(encoders["speech"])).accuracy
     speech, music = suite.score(encoders["speech"]).accuracy, suite.score(encoders["music"]).accuracy
     assert speech["keyword"] >= random["keyword"] + 20, (speech, random)
     assert music["pitch_class"] >= random["pitch_class"] + 15, (music, random)

@@ -117,7 +117,9 @@ def load_training_set(name: str, out: Path = DATA_DIR) -> tuple[torch.Tensor, li
 # ---- models -------------------------------------------------------------------------------------
 
 def device_of(choice: str = "auto") -> torch.device:
-    return torch.device("cuda" if choice == "auto" and torch.cuda.is_available() else ("cpu" if choice == "auto" else choice))
+    if choice == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(choice)
 
 
 def _machine(device: torch.device) -> str:
@@ -201,7 +203,7 @@ def train_student(key: str, out: Path = MODELS_DIR, device: torch.device | None 
     """A 2-layer student initialised from tiny-base, distilled from one teacher or (multi) both."""
     device = device or device_of()
     recipe = RECIPES[key]
-    teacher_keys = {"student_speech": ("speech",), "student_music": ("music",), "student_multi": ("speech", "music")}[key]
+    teacher_keys = recipe.data  # a student learns from its teachers' own training audio
 
     def run():
         audio = torch.cat([load_training_set(kind)[0] for kind in recipe.data]).to(device)

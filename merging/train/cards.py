@@ -4,17 +4,17 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import torch
-from transformers import HubertModel
-
-from ..encoders import Encoder, load_encoder
+from ..benchmark import random_init
+from ..encoders import load_encoder
 from ..probes import ProbeScores, ProbeSuite, builtin_suite
 from . import MODELS_DIR, RECIPES
+
 
 def _score_line(scores: ProbeScores) -> str:
     tasks = ", ".join(f"{task} {acc:.1f}" for task, acc in scores.accuracy.items())
     return (f"speech average **{scores.average('speech'):.1f}**, music average **{scores.average('music'):.1f}**, "
             f"overall **{scores.average():.1f}** ({tasks})")
+
 
 def card(record: dict, scores: ProbeScores, random_scores: ProbeScores) -> str:
     data = "; ".join(f"{info['clips']} synthetic {name} clips of {info['seconds']:g} s (`merging.synth`, seed "
@@ -40,12 +40,10 @@ Built-in probe tasks (`merging.probes.builtin_suite`, test split, accuracy %):
 A random-init encoder of the same config scores {_score_line(random_scores)}.
 """
 
+
 def _key(model_name: str) -> str:
     return next(key for key, recipe in RECIPES.items() if recipe.name == model_name)
 
-def _random_like(encoder: Encoder) -> Encoder:
-    torch.manual_seed(0)
-    return Encoder(HubertModel(encoder.config).eval(), encoder.sample_rate, encoder.normalize, "random init", "seed 0")
 
 def write_cards(out: Path = MODELS_DIR, suite: ProbeSuite | None = None) -> dict[str, dict]:
     """Score every built model with the probes and write its README.md; returns the scores by model."""
@@ -59,7 +57,7 @@ def write_cards(out: Path = MODELS_DIR, suite: ProbeSuite | None = None) -> dict
         encoder = load_encoder(folder)
         layers = encoder.config.num_hidden_layers
         if layers not in random_scores:
-            random_scores[layers] = suite.score(_random_like(encoder))
+            random_scores[layers] = suite.score(random_init(encoder))
         scores = suite.score(encoder)
         (folder / "README.md").write_text(card(record, scores, random_scores[layers]))
         results[recipe.name] = scores.as_row()

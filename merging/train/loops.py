@@ -51,20 +51,19 @@ def _forward(model: HubertModel, audio: torch.Tensor, mask: torch.Tensor | None 
 
 
 def _optimise(
-    params: Sequence[nn.Parameter] | Sequence[Sequence[nn.Parameter]],
+    groups: Sequence[tuple[Sequence[nn.Parameter], float]],
     schedule: Schedule,
     loss_of_batch: Callable[[torch.Tensor, torch.Generator], torch.Tensor],
     num_clips: int,
     seed: int,
     what: str,
-    lr_scales: Sequence[float] | None = None,
 ) -> dict:
-    """AdamW with gradient clipping over random batches of clip indices; returns the run's record.
-    `params` is one list, or several groups with a learning-rate scale each in `lr_scales`."""
+    """AdamW with gradient clipping over random batches of clip indices, each group of parameters at its
+    scale of the schedule's learning rate; returns the run's record."""
     generator = torch.Generator().manual_seed(seed)
-    groups = [{"params": list(group), "lr": schedule.lr * scale} for group, scale in zip(params, lr_scales)] if lr_scales else params
-    params = [p for group in groups for p in group["params"]] if lr_scales else list(params)
-    optimizer = torch.optim.AdamW(groups, lr=schedule.lr, betas=(0.9, 0.98), weight_decay=0.01)
+    params = [p for group, _ in groups for p in group]
+    optimizer = torch.optim.AdamW([{"params": list(group), "lr": schedule.lr * scale} for group, scale in groups],
+                                  lr=schedule.lr, betas=(0.9, 0.98), weight_decay=0.01)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule.factor)
     losses, started = [], time.perf_counter()
     bar = tqdm(range(schedule.steps), desc=what, unit="step")
@@ -123,9 +122,9 @@ def masked_prediction(
         return loss
 
     frontend = {id(p) for p in model.feature_extractor.parameters()}
-    groups = [[p for p in model.parameters() if id(p) in frontend],
-              [p for p in model.parameters() if id(p) not in frontend] + [*head.parameters(), *dist_heads.parameters()]]
-    record = _optimise(groups, schedule, loss_of_batch, len(audio), seed, what, lr_scales=(frontend_lr, 1.0))
+    groups = [([p for p in model.parameters() if id(p) in frontend], frontend_lr),
+              ([p for p in model.parameters() if id(p) not in frontend] + [*head.parameters(), *dist_heads.parameters()], 1.0)]
+    record = _optimise(groups, schedule, loss_of_batch, len(audio), seed, what)
     model.eval()
     objective = f"masked prediction of {num_classes} k-means clusters"
     if distributions:
@@ -171,7 +170,7 @@ def distill(
         targets = [t for teacher, layers in teachers for t in _teacher_layers(teacher, x, layers)]
         return sum(distillation_loss(head(last), target) for head, target in zip(heads, targets))
 
-    record = _optimise([*student.parameters(), *heads.parameters()], schedule, loss_of_batch, len(audio), seed, what)
+    record = _optimise([([*student.parameters(), *heads.parameters()], 1.0)], schedule, loss_of_batch, len(audio), seed, what)
     student.eval()
     layers = [list(layers) for _, layers in teachers]
     return record | {"objective": f"L1 − log σ(cos) per prediction head, teacher layers {layers}, losses summed"}
@@ -203,7 +202,7 @@ def finetune_classifier(
         pooled = _forward(model, audio[batch]).last_hidden_state.mean(1)
         return F.cross_entropy(head(pooled), labels[batch])
 
-    record = _optimise([*model.parameters(), *head.parameters()], schedule, loss_of_batch, len(audio), seed, what)
+    record = _optimise([([*model.parameters(), *head.parameters()], 1.0)], schedule, loss_of_batch, len(audio), seed, what)
     model.requires_grad_(True).eval()
     return record | {"objective": f"cross-entropy of {num_classes} keywords, encoder frozen for the first "
                                   f"{frozen_steps} steps", "schedule": "warm-up, constant, linear decay"}
