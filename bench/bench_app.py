@@ -19,6 +19,8 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -68,6 +70,21 @@ def serve_app(models: Path | None) -> tuple[str, subprocess.Popen, str]:
     return f"http://127.0.0.1:{port}/", start_app(folder, port), note
 
 
+@contextmanager
+def running_app(url: str | None, models: Path | None = None) -> Iterator[tuple[str, subprocess.Popen | None, str]]:
+    """(url, server process or None, what it serves): the app at `url`, or one started here by `serve_app`
+    and stopped on the way out."""
+    if url:
+        yield url, None, "those of the app at --url"
+        return
+    url, server, note = serve_app(models)
+    try:
+        yield url, server, note
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
 def connect(url: str, timeout: float = 180):
     from gradio_client import Client
 
@@ -100,13 +117,10 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=10)
     args = parser.parse_args()
 
-    server, note = None, "those of the app at --url"
-    if not args.url:
-        args.url, server, note = serve_app(args.models)
-    try:
+    with running_app(args.url, args.models) as (url, _, note):
         from gradio_client import handle_file
 
-        client = connect(args.url)
+        client = connect(url)
         load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
         print(f"merge lab app benchmark: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs "
               f"(load average before: {load}); models: {note}")
@@ -129,10 +143,6 @@ def main() -> None:
         times = [timed(lambda: client.predict(clip, api_name="/probe_clip"))[0] for _ in range(3)]
         print(f"/probe_clip (3 s clip, three encoders): {describe(times)}")
         print(f"load average after: {', '.join(f'{x:.1f}' for x in os.getloadavg())}")
-    finally:
-        if server:
-            server.terminate()
-            server.wait(timeout=30)
 
 
 if __name__ == "__main__":

@@ -24,7 +24,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_app import ROOT, connect, serve_app  # noqa: E402
+from bench_app import ROOT, connect, running_app  # noqa: E402
 
 from merging.lab import METHOD_ROLES  # noqa: E402
 
@@ -176,11 +176,8 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
 
-    server, note = None, "those of the app at --url"
-    if not args.url:
-        args.url, server, note = serve_app(args.models)
-        args.pid = server.pid
-    try:
+    with running_app(args.url, args.models) as (args.url, server, note):
+        args.pid = server.pid if server else args.pid
         connect(args.url)
         print(f"merge lab load test: {os.cpu_count()} CPUs, load average before {load_average()}; models: {note}")
         print(f"warm-up (one alignment, one merge per method): {warm_up(args.url):.1f} s")
@@ -203,10 +200,6 @@ def main() -> None:
             watch.stop.set()
             report_memory(before, memory_kb(args.pid), watch.samples)
         print(f"load average after: {load_average()}")
-    finally:
-        if server:
-            server.terminate()
-            server.wait(timeout=30)
 
 
 if __name__ == "__main__":

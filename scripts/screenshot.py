@@ -10,38 +10,21 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import socket
-import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 
 from playwright.sync_api import expect, sync_playwright
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path[:0] = [str(ROOT), str(ROOT / "bench")]
+from bench_app import connect, running_app  # noqa: E402
+
+from merging.benchmark import MODEL_NAMES, MODELS_DIR  # noqa: E402
+
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync", "--no-first-run"]
 CLIP = ROOT / "assets" / "audio" / "examples" / "speech_over_music_yes_synth_lead.ogg"
 WAIT = 300_000  # ms
-
-
-def start_app() -> tuple[subprocess.Popen, str]:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    env = {**os.environ, "GRADIO_SERVER_PORT": str(port), "GRADIO_SERVER_NAME": "127.0.0.1",
-           "GRADIO_ANALYTICS_ENABLED": "False"}
-    server = subprocess.Popen([sys.executable, "app.py"], cwd=ROOT, env=env)
-    url = f"http://127.0.0.1:{port}/"
-    for _ in range(240):
-        try:
-            urllib.request.urlopen(url, timeout=2)
-            return server, url
-        except OSError:
-            time.sleep(0.5)
-    server.terminate()
-    raise SystemExit("the app did not start")
 
 
 def capture(url: str, out: Path, alpha: float) -> None:
@@ -72,16 +55,14 @@ def main() -> None:
     parser.add_argument("--url", help="an app already running")
     parser.add_argument("--alpha", type=float, default=0.1)
     args = parser.parse_args()
-    server = None
-    if not args.url:
-        server, args.url = start_app()
-    try:
-        capture(args.url, args.out, args.alpha)
+    models = Path(os.environ.get("MERGE_LAB_MODELS", MODELS_DIR))
+    missing = [name for name in MODEL_NAMES.values() if not (models / name).is_dir()]
+    if missing and not args.url:
+        raise SystemExit(f"the built-in encoders are missing from {models}: {', '.join(missing)}")
+    with running_app(args.url, models) as (url, _, _):
+        connect(url)  # waits until the app answers
+        capture(url, args.out, args.alpha)
         print(f"wrote {args.out}")
-    finally:
-        if server:
-            server.terminate()
-            server.wait(timeout=30)
 
 
 if __name__ == "__main__":
