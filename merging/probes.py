@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .features import encoder_input
+from .features import encoder_input, hidden_states
 from .state import MergeError, state_checksum
 
 
@@ -42,7 +42,7 @@ def layer_features(encoder, clips: Sequence[np.ndarray], sample_rate: int, batch
         while stop < len(order) and stop - start < batch_size and len(clips[order[stop]]) == length:
             stop += 1
         batch = [clips[i] for i in order[start:stop]]
-        hidden = encoder.model(encoder_input(encoder, batch, sample_rate), output_hidden_states=True).hidden_states
+        hidden = hidden_states(encoder.model, encoder_input(encoder, batch, sample_rate))
         pooled = torch.stack([h.mean(1) for h in hidden], dim=1).float().cpu()
         for row, index in enumerate(order[start:stop]):
             out[index] = pooled[row]
