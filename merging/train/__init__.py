@@ -62,8 +62,9 @@ RECIPES = {
                      "HuBERT-style masked prediction of MFCC k-means clusters on synthetic speech"),
     "music": Recipe(MODEL_NAMES["music"], ("music",), Schedule(1200), 202,
                     "MERT-style masked prediction of log-mel + chroma k-means clusters, plus which semitones and pitch classes sound in each frame, on synthetic music"),
-    "student_base": Recipe(MODEL_NAMES["student_base"], ("speech", "music"), Schedule(500), 303,
-                   "short masked-prediction pre-training on speech and music (both label sets): the students' shared init"),
+    "student_base": Recipe(MODEL_NAMES["student_base"], ("speech", "music"), Schedule(1000), 303,
+                           "short masked-prediction pre-training on speech and music (both label sets, plus the "
+                           "sounding semitones and pitch classes of every frame): the students' shared init"),
     "student_speech": Recipe(MODEL_NAMES["student_speech"], ("speech",), Schedule(500), 404,
                              "DistilHuBERT-style student of tiny-hubert-speech, initialised from tiny-base"),
     "student_music": Recipe(MODEL_NAMES["student_music"], ("music",), Schedule(500), 505,
@@ -184,16 +185,20 @@ def train_teacher(key: str, out: Path = MODELS_DIR, device: torch.device | None 
 
 def train_base(out: Path = MODELS_DIR, device: torch.device | None = None) -> Path:
     """tiny-base: the student shape (2 layers), masked prediction on speech and music; music clusters
-    are numbered after the speech ones, so one head predicts both."""
+    are numbered after the speech ones, so one head predicts both. The pitch targets cover every clip
+    (speech has a voice's pitch too); without them pre-training erases pitch (pitch class falls below
+    a random encoder's)."""
     device = device or device_of()
     recipe = RECIPES["student_base"]
 
     def run():
         parts = [load_training_set(kind)[0].to(device) for kind in ("speech", "music")]
         labels = torch.cat([_labels(parts[0], "speech", recipe.seed), _labels(parts[1], "music", recipe.seed) + CLUSTERS])
+        audio = torch.cat(parts)
         model = _fresh_model(2, recipe.seed, device)
-        return model, masked_prediction(model, torch.cat(parts), labels, 2 * CLUSTERS, recipe.schedule,
-                                        seed=recipe.seed, frontend_lr=FRONTEND_LR, what=recipe.name)
+        return model, masked_prediction(model, audio, labels, 2 * CLUSTERS, recipe.schedule, seed=recipe.seed,
+                                        distributions=pitch_distributions(audio), frontend_lr=FRONTEND_LR,
+                                        what=recipe.name)
 
     (model, record), timing = _timed(run, device)
     return _save("student_base", model, {**record, **timing}, out)
