@@ -66,6 +66,18 @@ def _merged(method: str, encoders: dict[str, Encoder], alignments=None, **params
                               name=method, source="merged")
 
 
+LAMBDA_GRID = (0.5, 0.6, 0.75, 0.9, 1.0)
+
+
+def _chosen_lambdas(validation: ProbeSuite, trio: dict[str, Encoder], seed: int, log) -> tuple[float, float]:
+    scores = {lam: validation.score(_merged("task_arithmetic", trio, lambda_speech=lam, lambda_music=lam), seed=seed).average()
+              for lam in LAMBDA_GRID}
+    best = max(scores, key=scores.get)
+    log("  task arithmetic λ on the validation split: " + ", ".join(f"{lam:g}: {v:.1f}" for lam, v in scores.items())
+        + f" -> {best:g}")
+    return best, best
+
+
 def benchmark_rows(
     suite: ProbeSuite,
     models: dict[str, Path],
@@ -73,12 +85,14 @@ def benchmark_rows(
     alphas: Sequence[float] = (0.0, 0.25, 0.5, 0.75, 1.0),
     calibration: Sequence | None = None,
     components: Sequence[str] = PAPER_COMPONENTS,
-    lambdas: tuple[float, float] = (0.5, 0.5),
+    lambdas: tuple[float, float] | None = None,
     speech_ft_alpha: float = 0.25,
     seed: int = 0,
     log=print,
 ) -> list[Row]:
-    """Every row of the table, in the issue's order; rows whose models are missing are skipped (logged)."""
+    """Every row of the table, in the issue's order; rows whose models are missing are skipped (logged).
+    `lambdas=None` picks task arithmetic's λ_speech = λ_music from LAMBDA_GRID by the probes' average on a
+    validation split of the training clips (the test split stays unseen)."""
     rows: list[Row] = []
 
     def add(name, method, alpha, encoder):
@@ -104,7 +118,7 @@ def benchmark_rows(
     students = {"base": "student_base", "speech": "student_speech", "music": "student_music"}
     if all(role in enc for role in students.values()):
         trio = {key: enc[role] for key, role in students.items()}
-        ls, lm = lambdas
+        ls, lm = lambdas or _chosen_lambdas(suite.validation(), trio, seed, log)
         add(f"task_arithmetic@{ls:g}/{lm:g}", "task_arithmetic", None,
             _merged("task_arithmetic", trio, lambda_speech=ls, lambda_music=lm))
         add("ties", "ties", None, _merged("ties", trio))

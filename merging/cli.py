@@ -104,11 +104,20 @@ def run_merge(args) -> str:
     return summary
 
 
+def _lambdas(text: str) -> tuple[float, float]:
+    values = _floats(text)
+    if len(values) != 2 or not all(0 <= v <= 2 for v in values):
+        raise argparse.ArgumentTypeError("give two weights in [0, 2], e.g. 0.5,0.5")
+    return values[0], values[1]
+
+
 def benchmark_parser(sub) -> None:
     p = sub.add_parser("benchmark", help="probe scores of the encoders and of every merge method, as a Markdown table")
     p.add_argument("--models", nargs="+", default=None, help="folders holding the named built-in models, or ROLE=PATH pairs")
     p.add_argument("--alphas", type=_floats, default=[0, 0.25, 0.5, 0.75, 1], help="alphas for linear and permute (default 0,0.25,0.5,0.75,1)")
     p.add_argument("--components", default="cnn,ffn,attn", help="groups permute aligns (default cnn,ffn,attn)")
+    p.add_argument("--lambdas", type=_lambdas, default=None,
+                   help="task arithmetic's λ_speech,λ_music (default: chosen on a validation split of the probes' training clips)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", help="also write the numbers as JSON to this file")
     p.add_argument("--sweep", help="write the linear/permute trade-off curve as JSON here (and a plotly .html beside it)")
@@ -129,6 +138,7 @@ def run_benchmark(args) -> str:
     clips, _ = builtin_calibration()
     components = [c.strip() for c in args.components.split(",") if c.strip()]
     rows = benchmark_rows(suite, models, alphas=args.alphas, calibration=clips, components=components, seed=args.seed,
+                          lambdas=args.lambdas,
                           log=lambda line: print(line, file=sys.stderr))
     if args.json:
         write_json(rows, args.json)

@@ -31,7 +31,7 @@ class ProbeTask:
 
 
 @torch.no_grad()
-def layer_features(encoder, clips: Sequence[np.ndarray], sample_rate: int, batch_size: int = 32) -> torch.Tensor:
+def layer_features(encoder, clips: Sequence[np.ndarray], sample_rate: int, batch_size: int = 16) -> torch.Tensor:
     """(clips, layers + 1, hidden) float32 on CPU: each layer's hidden states mean-pooled over time."""
     order = sorted(range(len(clips)), key=lambda i: len(clips[i]))
     out: list[torch.Tensor | None] = [None] * len(clips)
@@ -116,7 +116,7 @@ class ProbeSuite:
     tasks: list[ProbeTask]
     sample_rate: int = 16000
     cache_size: int = 8
-    batch_size: int = 32  # clips per forward pass when extracting features
+    batch_size: int = 16  # clips per forward pass when extracting features (16 kept activations in cache best)
     fit_iterations: int = 100  # L-BFGS iterations per probe
     _cache: OrderedDict = field(default_factory=OrderedDict, repr=False)
 
@@ -130,6 +130,17 @@ class ProbeSuite:
         while len(self._cache) > self.cache_size:
             self._cache.popitem(last=False)
         return features
+
+    def validation(self, fraction: float = 1 / 3) -> ProbeSuite:
+        """The same clips and feature cache, with the last `fraction` of each task's training clips held out
+        as the test split: for choosing a setting without looking at the real test split."""
+        tasks = []
+        for t in self.tasks:
+            keep = len(t.train) - max(1, round(len(t.train) * fraction))
+            tasks.append(ProbeTask(t.name, t.domain, t.labels, t.train[:keep], t.train_y[:keep],
+                                   t.train[keep:], t.train_y[keep:]))
+        return ProbeSuite(self.clips, tasks, self.sample_rate, self.cache_size, self.batch_size, self.fit_iterations,
+                          self._cache)
 
     def fit(self, encoder, seed: int = 0) -> dict[str, LinearProbe]:
         features = self.features(encoder)

@@ -31,7 +31,8 @@ def small_suite():
 def test_table_has_every_row_and_column_and_json_parses(models_dir, tmp_path):
     models = find_models([models_dir])
     assert set(models) == set(MODEL_NAMES)
-    rows = benchmark_rows(small_suite(), models, alphas=(0.0, 0.5), calibration=synthetic_signals(4, seconds=0.25), log=lambda _: None)
+    rows = benchmark_rows(small_suite(), models, alphas=(0.0, 0.5), calibration=synthetic_signals(4, seconds=0.25),
+                          lambdas=(0.5, 0.5), log=lambda _: None)
     names = [row.name for row in rows]
     assert names == ["speech encoder", "music encoder", "random init", "linear@0", "linear@0.5", "permute@0", "permute@0.5",
                      "task_arithmetic@0.5/0.5", "ties", "dare", "drm", "multi-teacher student", "speech_ft@0.25"]
@@ -55,3 +56,20 @@ def test_scores_are_reproducible_with_a_fixed_seed(models_dir):
     second = benchmark_rows(small_suite(), models, alphas=(0.5,), calibration=None, log=lambda _: None)
     assert [r.scores.accuracy for r in first] == [r.scores.accuracy for r in second]
     assert np.isfinite([r.scores.average() for r in first]).all()
+
+
+def test_task_arithmetic_lambdas_are_chosen_on_the_validation_split_not_the_test_split(models_dir):
+    from merging.benchmark import LAMBDA_GRID
+
+    suite = small_suite()
+    validation = suite.validation()
+    for task, held in zip(suite.tasks, validation.tasks):
+        assert set(held.test) <= set(task.train) and not set(held.test) & set(held.train)
+        assert not set(held.test) & set(task.test) and len(held.train) + len(held.test) == len(task.train)
+    models = {k: v for k, v in find_models([models_dir]).items() if k.startswith("student_")}
+    lines = []
+    rows = benchmark_rows(suite, models, calibration=None, log=lines.append)
+    chosen = [line for line in lines if "validation split" in line]
+    assert len(chosen) == 1
+    lam = float(chosen[0].rsplit("-> ", 1)[1])
+    assert lam in LAMBDA_GRID and rows[0].name == f"task_arithmetic@{lam:g}/{lam:g}"
