@@ -456,16 +456,18 @@ class Lab:
         speech, music = self.registry.get(speech_key), self.registry.get(music_key)
         check_compatible(speech.config, music.config, names=(speech_key, music_key))
         key = (self.registry.checksum(speech_key), self.registry.checksum(music_key), components, bool(absolute))
-        with self._computing():
-            alignment = self._alignments.get(key)
-            if alignment is None:
-                clips, _ = self.calibration()
-                alignment = self._run_alignment(speech, music, clips, components, absolute, progress)
-                self._alignments[key] = alignment
-                while len(self._alignments) > 4:
-                    self._alignments.popitem(last=False)
-            elif progress:
-                progress(1.0, "cached alignment")
+        alignment = self._alignments.get(key)  # a cached one needs no compute: it does not queue behind merges
+        if alignment is None:
+            with self._computing():
+                alignment = self._alignments.get(key)
+                if alignment is None:
+                    clips, _ = self.calibration()
+                    alignment = self._run_alignment(speech, music, clips, components, absolute, progress)
+                    self._alignments[key] = alignment
+                    while len(self._alignments) > 4:
+                        self._alignments.popitem(last=False)
+        elif progress:
+            progress(1.0, "cached alignment")
         return replace(session, alignment=alignment, alignment_pair=(speech_key, music_key))
 
     def _run_alignment(self, speech, music, clips, components, absolute, progress) -> Alignment:

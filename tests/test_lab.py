@@ -118,3 +118,16 @@ def test_thread_count_is_restored():
     with torch_threads(1):
         assert torch.get_num_threads() == 1
     assert torch.get_num_threads() == before
+
+
+def test_a_cached_alignment_does_not_wait_for_other_sessions_computations(lab):
+    import threading
+
+    speech, music = lab.default_sources()["speech"], lab.default_sources()["music"]
+    lab.align(LabSession(), speech, music)
+    done = threading.Event()
+    with lab._computing():  # another session's merge in progress
+        worker = threading.Thread(target=lambda: (lab.align(LabSession(), speech, music), done.set()))
+        worker.start()
+        worker.join(timeout=10)
+        assert done.is_set()
