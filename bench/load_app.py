@@ -5,10 +5,12 @@ uses --url. After a warm-up (one alignment and one merge per method, so that eve
 probes are fitted), --clients sessions run at once for --seconds or --requests each, whichever ends
 first. Each session aligns once, then loops: mostly /merge with a random method, α and λs (on the
 sliders' steps), often /probe_clip with an uploaded example clip, sometimes /align (cached), pausing
---think seconds between requests. Prints latency percentiles and errors per endpoint, and the server's
-memory (VmRSS and its peak VmHWM from /proc) before, during and after the run.
+--think seconds between requests on average (uniform from 0 to twice that; the default 8 s models a
+person who reads the scores and plots, or listens, before the next slider release). Prints latency
+percentiles and errors per endpoint, and the server's memory (VmRSS and its peak VmHWM from /proc)
+before, during and after the run.
 
-    python bench/load_app.py [--clients 8] [--seconds 120] [--requests 1000] [--think 1.0] [--url URL --pid PID]
+    python bench/load_app.py [--clients 8] [--seconds 120] [--requests 1000] [--think 8] [--url URL --pid PID]
 """
 from __future__ import annotations
 
@@ -169,7 +171,8 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=8, help="concurrent sessions (default 8)")
     parser.add_argument("--seconds", type=float, default=120, help="stop starting requests after this (default 120)")
     parser.add_argument("--requests", type=int, default=1000, help="at most this many requests per client")
-    parser.add_argument("--think", type=float, default=1.0, help="mean pause between a client's requests, s (default 1)")
+    parser.add_argument("--think", type=float, default=8.0,
+                        help="mean pause between a client's requests, s (default 8: a person reading the result)")
     parser.add_argument("--models", type=Path, help="folder of the built-in encoders (default: assets/models)")
     parser.add_argument("--url", help="an app already running (its own models)")
     parser.add_argument("--pid", type=int, help="with --url: the server's process id, for its memory")
