@@ -2,7 +2,8 @@
 
     python bench/bench_merge.py [--device cpu|cuda] [--repeats 5] [--calib-clips 32] [--skip-align] [--threads N]
 
-Prints, for `linear` (into new tensors, and `linear_into` preallocated ones) and for `permute` (apply the alignment's permutations, then `linear`), the
+Prints, for `linear` (into new tensors, and `linear_into` preallocated ones) and for `permute` (apply the alignment's permutations, then `linear`;
+and again as a slider does, re-merging with one `Alignment`, which keeps its re-ordered music weights on a CPU), the
 median time and its ratio to `torch.lerp` over preallocated flat buffers of the same size; then the
 HuBERT-base invariance check (random permutations leave hidden states unchanged up to the residual
 order) and the seconds per stage of a full correlation alignment of two random base-size encoders.
@@ -19,7 +20,7 @@ import torch
 from transformers import HubertConfig, HubertModel
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from merging.align import correlation_align  # noqa: E402
+from merging.align import Alignment, GroupAlignment, correlation_align  # noqa: E402
 from merging.calibration import synthetic_signals  # noqa: E402
 from merging.encoders import Encoder  # noqa: E402
 from merging.methods import linear, linear_into, merge  # noqa: E402
@@ -75,6 +76,11 @@ def bench_merge(device: str, repeats: int) -> None:
     t_permute = timed(lambda: merge("permute", {"speech": speech, "music": music}, alignment=FixedAlignment(), alpha=0.3), repeats, device)
     print(f"apply permutations only (all components):       {t_apply * 1e3:8.1f} ms  ratio {t_apply / baseline:.2f}x")
     print(f"permute (apply permutations + linear):          {t_permute * 1e3:8.1f} ms  ratio {t_permute / baseline:.2f}x")
+    alignment = Alignment(spec, "weights", tuple(COMPONENTS), True,
+                          {name: GroupAlignment(name, "", None, perm, torch.empty(0), 0.0, 0.0) for name, perm in perms.items()})
+    t_slider = timed(lambda: merge("permute", {"speech": speech, "music": music}, alignment=alignment, alpha=0.3), repeats, device)
+    print(f"permute again with one Alignment (kept re-order): {t_slider * 1e3:6.1f} ms  ratio {t_slider / baseline:.2f}x"
+          + ("" if device == "cpu" else "  (kept on CPU only)"))
 
 
 def bench_invariance(device: str) -> None:

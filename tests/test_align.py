@@ -144,3 +144,23 @@ def test_incompatible_pairs_and_empty_calibration_are_refused():
         correlation_align(encoder(small), encoder(big, "music"), calibration(2), 16000)
     with pytest.raises(MergeError, match="calibration"):
         correlation_align(encoder(small), encoder(small, "music"), [], 16000)
+
+
+def test_apply_keeps_its_last_result_only_while_inputs_and_result_are_untouched():
+    speech = tiny_model(seed=1)
+    alignment = weight_align(speech.state_dict(), tiny_model(seed=2).state_dict(), hubert_spec(speech.config))
+    music = {k: v.clone() for k, v in tiny_model(seed=2).state_dict().items()}
+    expected = apply_permutations(music, alignment.spec, alignment.perms)
+    first, second = alignment.apply(music), alignment.apply(music)
+    assert first is not second and all(first[k] is second[k] for k in first)  # kept, in a fresh dict
+    assert all(torch.equal(first[k], expected[k]) for k in expected)
+    name = next(k for k, v in music.items() if v.is_floating_point() and v.ndim == 2)
+    music[name].mul_(2)  # an in-place change of the input is seen
+    changed = alignment.apply(music)
+    assert changed[name] is not first[name]
+    assert torch.equal(changed[name], apply_permutations(music, alignment.spec, alignment.perms)[name])
+    changed[name].zero_()  # and so is one of the kept result
+    assert torch.equal(alignment.apply(music)[name], apply_permutations(music, alignment.spec, alignment.perms)[name])
+    kept = alignment.apply(music)
+    other = {k: v.clone() for k, v in music.items()}  # equal values, other tensors: recomputed
+    assert alignment.apply(other)[name] is not kept[name]
