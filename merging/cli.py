@@ -9,31 +9,63 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from .methods import METHODS, MergeMethod, Param, all_params, get_method
 from .state import MergeError
 
-METHOD_NAMES = ("linear", "permute", "task_arithmetic", "ties", "dare", "drm", "speech_ft")
+# Input roles' flags: `pretrained` (speech_ft) is the speech encoder, the others are named after their role.
+INPUT_FLAGS = {"pretrained": "speech"}
+INPUT_HELP = {
+    "speech": "speech encoder: local directory or hub id (the pretrained encoder for speech_ft)",
+    "music": "music encoder: local directory or hub id",
+    "base": "shared initialisation of the task-vector methods' models",
+    "finetuned": "fine-tuned copy of --speech, for speech_ft",
+}
+KIND_TYPES = {"float": float, "int": int, "choice": str}
 
 
 def _floats(text: str) -> list[float]:
     return [float(x) for x in text.split(",") if x.strip()]
 
 
+def _pairs(text: str) -> list[tuple[float, float]]:
+    """'0.5:0.5,1:0' -> [(0.5, 0.5), (1.0, 0.0)]."""
+    pairs = []
+    for item in (x for x in text.split(",") if x.strip()):
+        values = item.split(":")
+        if len(values) != 2:
+            raise argparse.ArgumentTypeError(f"'{item}' is not a SPEECH:MUSIC pair")
+        pairs.append((float(values[0]), float(values[1])))
+    return pairs
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _param_help(uses: list[tuple[str, Param]]) -> str:
+    """'meaning: values [methods]; ...', one meaning per distinct help text."""
+    by_help: dict[str, dict[str, list[str]]] = {}
+    for method, param in uses:
+        by_help.setdefault(param.help, {}).setdefault(param.values(), []).append(method)
+    return "; ".join(f"{help_}: " + "; ".join(f"{values} [{', '.join(methods)}]" for values, methods in ranges.items())
+                     for help_, ranges in by_help.items()).replace("%", "%%")
+
+
 def merge_parser(sub) -> None:
     p = sub.add_parser("merge", help="merge a speech and a music encoder and save the result")
-    p.add_argument("--speech", required=True, help="speech encoder: local directory or hub id (pretrained for speech_ft)")
-    p.add_argument("--music", help="music encoder: local directory or hub id")
-    p.add_argument("--method", required=True, choices=METHOD_NAMES)
+    p.add_argument("--method", required=True, choices=list(METHODS),
+                   help="; ".join(f"{m.name}: {m.description}" for m in METHODS.values()).replace("%", "%%"))
     p.add_argument("--out", required=True, help="output directory (transformers format + merge_config.json)")
-    p.add_argument("--alpha", type=float, help="weight on the music side (linear/permute, default 0.5) or on the fine-tuned side (speech_ft, default 0.25)")
-    p.add_argument("--layer-alphas", type=_floats, help="comma-separated alpha per transformer layer (linear/permute)")
-    p.add_argument("--base", help="shared initialisation for task-vector methods")
-    p.add_argument("--finetuned", help="fine-tuned copy of --speech, for speech_ft")
-    p.add_argument("--lambda-speech", type=float)
-    p.add_argument("--lambda-music", type=float)
-    p.add_argument("--density", type=float, help="ties/drm: fraction of entries kept")
-    p.add_argument("--drop", type=float, help="dare: drop probability")
-    p.add_argument("--seed", type=int, help="dare: random seed")
-    p.add_argument("--align", choices=("correlation", "weights"), default="correlation", help="how permute aligns (default correlation)")
+    roles = dict.fromkeys(INPUT_FLAGS.get(role, role) for m in METHODS.values() for role in m.inputs)
+    for role in roles:
+        p.add_argument(_flag(role), help=INPUT_HELP.get(role, f"{role} input: local directory or hub id"))
+    for name, uses in all_params().items():
+        kind = uses[0][1].kind
+        choices = sorted({c for _, param in uses for c in param.choices}) or None
+        kind_type = {"floats": _floats, "pairs": _pairs}.get(kind, KIND_TYPES.get(kind))
+        p.add_argument(_flag(name), type=kind_type, choices=choices, help=_param_help(uses))
+    p.add_argument("--align", choices=("correlation", "weights"), default="correlation",
+                   help="how an alignment is computed (permute; --align-to-base), default correlation")
     p.add_argument("--align-to-base", action="store_true", help="task-vector methods: align both models to --base first")
     p.add_argument("--components", default="cnn,ffn,attn", help="groups to permute: any of cnn,res,ffn,attn (default: the paper's cnn,ffn,attn)")
     p.add_argument("--signed", action="store_true", help="match on signed correlation (default: absolute, as the paper)")
@@ -42,39 +74,36 @@ def merge_parser(sub) -> None:
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
 
 
-def _method_params(args) -> dict:
-    names = {"alpha": "alpha", "layer_alphas": "layer_alphas", "lambda_speech": "lambda_speech",
-             "lambda_music": "lambda_music", "density": "density", "drop": "drop", "seed": "seed"}
-    return {key: getattr(args, attr) for key, attr in names.items() if getattr(args, attr) is not None}
+def _method_params(args, method: MergeMethod) -> dict:
+    """The parameters given on the command line; MergeError for one the method does not take."""
+    params = {name: getattr(args, name) for name in all_params() if getattr(args, name) is not None}
+    unknown = sorted(set(params) - set(method.parameters))
+    if unknown:
+        raise MergeError(f"method '{method.name}' takes no {', '.join(_flag(name) for name in unknown)}")
+    return params
 
 
 def run_merge(args) -> str:
     from .calibration import builtin_calibration, load_calibration_dir
     from .checkpoint import save_encoder
     from .encoders import load_encoder
-    from .methods import METHODS
     from .pipeline import align, merge_encoders, merge_record
 
     started = time.perf_counter()
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
-    sources = {"speech": args.speech, "music": args.music, "base": args.base}
-    if args.method == "speech_ft":
-        sources = {"pretrained": args.speech, "finetuned": args.finetuned}
-    roles = METHODS[args.method].inputs
+    method = get_method(args.method)
+    roles = method.inputs
+    sources = {role: getattr(args, INPUT_FLAGS.get(role, role)) for role in roles}
     for role in roles:
-        if not sources.get(role):
-            flag = {"pretrained": "--speech", "finetuned": "--finetuned"}.get(role, f"--{role}")
-            raise MergeError(f"method '{args.method}' needs {flag}")
+        if not sources[role]:
+            raise MergeError(f"method '{method.name}' needs {_flag(INPUT_FLAGS.get(role, role))}")
+    params = _method_params(args, method)
     encoders = {role: load_encoder(sources[role], device=device) for role in roles}
-    params = _method_params(args)
-    unknown = set(params) - set(METHODS[args.method].defaults)
-    if unknown:
-        raise MergeError(f"method '{args.method}' takes no {', '.join('--' + k.replace('_', '-') for k in sorted(unknown))}")
 
     alignments = {}
-    pairs = [("music", "speech")] if args.method == "permute" else []
-    if args.align_to_base and "base" in roles:
-        pairs = [("speech", "base"), ("music", "base")]
+    pairs = [(method.aligns, roles[0])] if method.aligns else []
+    if args.align_to_base and method.task_vector:
+        pairs = [(role, "base") for role in roles if role != "base"]
     if pairs:
         clips, calib_source = None, "weights only"
         if args.align == "correlation":
@@ -90,12 +119,12 @@ def run_merge(args) -> str:
                 alignments[moving] = align(encoders[target], encoders[moving], how=args.align, clips=clips,
                                            components=components, absolute=not args.signed, progress=progress)
         params_note = f"{len(clips) if clips else 0} clips from {calib_source}" if clips else calib_source
-    merged = merge_encoders(args.method, encoders, alignments=alignments, **params)
-    record = merge_record(args.method, encoders, params, alignments)
+    merged = merge_encoders(method.name, encoders, alignments=alignments, **params)
+    record = merge_record(method.name, encoders, params, alignments)
     first = encoders[roles[0]]
     out = save_encoder(args.out, merged, first.config, sample_rate=first.sample_rate, normalize=first.normalize, merge_config=record)
     seconds = time.perf_counter() - started
-    summary = f"merged {args.method} {_describe(params)} of {', '.join(f'{r}={sources[r]}' for r in roles)} -> {out} in {seconds:.1f}s on {device}"
+    summary = f"merged {method.name} {_describe(params)} of {', '.join(f'{r}={sources[r]}' for r in roles)} -> {out} in {seconds:.1f}s on {device}"
     if alignments:
         groups = [g for a in alignments.values() for g in a.groups.values()]
         before = sum(g.before for g in groups) / max(len(groups), 1)

@@ -7,90 +7,33 @@ floating point are copied from the first input. `alpha` is the weight on the mus
 from __future__ import annotations
 
 import hashlib
-import inspect
-import operator
 import re
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from typing import Protocol, TypeVar
+from collections.abc import Sequence
+from typing import Protocol
 
 import torch
 
+from .registry import (METHODS, MergeMethod, Param, all_params, get_method, merge, method_arguments,  # noqa: F401
+                       register)
 from .state import MergeError, StateDict, check_finite, check_same_keys
 
-Fn = TypeVar("Fn", bound=Callable[..., StateDict])
+# ---- parameters, declared once -----------------------------------------------------------------
+
+ALPHA = Param("alpha", 0.5, "weight of the music side (0: the speech encoder, 1: the music encoder)", "α", low=0, high=1)
+LAYER_ALPHAS = Param("layer_alphas", None, "one α per transformer layer, overriding α inside that layer",
+                     "per-layer α", kind="floats", low=0, high=1)
+DENSITY = Param("density", 0.2, "fraction of each task vector's entries kept (by magnitude)", "density",
+                low=0, high=1, low_open=True)
+LAMBDA_HELP = "scale of the {} task vector's contribution (2 doubles it, 0 leaves it out)"
 
 
-@dataclass(frozen=True)
-class MergeMethod:
-    name: str
-    fn: Callable[..., StateDict]
-    inputs: tuple[str, ...]  # input roles, in the order of the function's positional parameters
-    defaults: dict[str, object]  # keyword parameters that have a default
-    description: str
-
-    @property
-    def parameters(self) -> tuple[str, ...]:
-        """Every keyword parameter of the method, required ones included."""
-        params = inspect.signature(self.fn).parameters.values()
-        return tuple(p.name for p in params if p.kind is p.KEYWORD_ONLY)
-
-
-METHODS: dict[str, MergeMethod] = {}
-
-
-def register(name: str, description: str) -> Callable[[Fn], Fn]:
-    """Decorator adding a method to METHODS. The function's positional parameters name its input
-    roles; its keyword-only parameters are the method's parameters, with their defaults."""
-
-    def add(fn: Fn) -> Fn:
-        old = METHODS.get(name)
-        if old is not None and (old.fn.__module__, old.fn.__qualname__) != (fn.__module__, fn.__qualname__):
-            raise ValueError(f"merge method '{name}' is already registered by {old.fn.__module__}.{old.fn.__qualname__}")
-        params = inspect.signature(fn).parameters.values()
-        inputs = tuple(p.name for p in params if p.kind is p.POSITIONAL_OR_KEYWORD)
-        defaults = {p.name: p.default for p in params if p.kind is p.KEYWORD_ONLY and p.default is not p.empty}
-        METHODS[name] = MergeMethod(name, fn, inputs, defaults, description)
-        return fn
-
-    return add
-
-
-def merge(method_name: str, inputs: dict[str, StateDict], **params) -> StateDict:
-    """Run the named method on the state dicts given by role, e.g. merge("linear", {"speech": s, "music": m}, alpha=0.1)."""
-    method = METHODS.get(method_name)
-    if method is None:
-        raise MergeError(f"unknown merge method '{method_name}': choose from {', '.join(METHODS)}")
-    missing = [role for role in method.inputs if role not in inputs]
-    extra = sorted(set(inputs) - set(method.inputs))
-    if missing or extra:
-        wrong = f"but '{missing[0]}' is missing" if missing else f"not '{extra[0]}'"
-        raise MergeError(f"method '{method_name}' takes the inputs {', '.join(method.inputs)}, {wrong}")
-    unknown = sorted(set(params) - set(method.parameters))
-    if unknown:
-        raise MergeError(
-            f"method '{method_name}' has no parameter '{unknown[0]}': valid are {', '.join(method.parameters) or 'none'}"
-        )
-    required = [p for p in method.parameters if p not in method.defaults and p not in params]
-    if required:
-        raise MergeError(f"method '{method_name}' needs the parameter '{required[0]}'")
-    return method.fn(*(inputs[role] for role in method.inputs), **params)
+def lambdas(default: float, low: float = -1) -> tuple[Param, Param]:
+    """λ_speech and λ_music: each scales its task vector's contribution, the same way in every method."""
+    return tuple(Param(f"lambda_{role}", default, LAMBDA_HELP.format(role), f"λ {role}", low=low, high=2)
+                 for role in ("speech", "music"))
 
 
 # ---- checks -------------------------------------------------------------------------------------
-
-def _number(name: str, value, low: float, high: float, *, low_open: bool = False, high_open: bool = False) -> float:
-    """`value` as a float, or MergeError when it is not a number inside the interval."""
-    try:
-        x = float(value)
-    except (TypeError, ValueError):
-        x = float("nan")
-    inside = (low < x if low_open else low <= x) and (x < high if high_open else x <= high)
-    if isinstance(value, (bool, str, bytes)) or not inside:  # "0.5" is text, not a number
-        interval = f"{'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
-        raise MergeError(f"{name} must be a number in {interval}, got {value!r}")
-    return x
-
 
 def _all_finite(tensors: list[torch.Tensor]) -> bool:
     """Whether every entry is finite, from one reduction per tensor and one sync per device: a NaN or Inf
@@ -185,17 +128,14 @@ def _lerp_states(
 
 
 def _lerp_weights(first: StateDict, second: StateDict, alpha, layer_alphas, labels: tuple[str, str]) -> dict[str, float]:
-    alpha = _number("alpha", alpha, 0, 1)
-    if layer_alphas is not None:
-        layer_alphas = [_number("every layer alpha", a, 0, 1) for a in layer_alphas]
+    alpha, layer_alphas = ALPHA.check(alpha), LAYER_ALPHAS.check(layer_alphas)
     check_same_keys(dict(zip(labels, (first, second))))
     return _per_tensor(list(first), alpha, layer_alphas, "layer_alphas")
 
 
-@register("linear", "(1−α)·speech + α·music, optionally with one α per transformer layer")
-def linear(
-    speech: StateDict, music: StateDict, *, alpha: float = 0.5, layer_alphas: Sequence[float] | None = None
-) -> StateDict:
+@register("linear", "(1−α)·speech + α·music, optionally with one α per transformer layer",
+          params=(ALPHA, LAYER_ALPHAS), paper="weight averaging (Wortsman et al. 2022, arXiv 2203.05482)")
+def linear(speech: StateDict, music: StateDict, *, alpha: float, layer_alphas: Sequence[float] | None) -> StateDict:
     """(1−α)·speech + α·music. `layer_alphas` (one per `encoder.layers.{l}.`) overrides α inside those
     layers; CNN, projection, positional conv, encoder norm and masked_spec_embed use `alpha`."""
     labels = ("speech", "music")
@@ -224,14 +164,11 @@ class Aligner(Protocol):
     def apply(self, music: StateDict) -> StateDict: ...
 
 
-@register("permute", "correlation-permutation: move music into the speech basis (exact re-ordering), then linear")
+@register("permute", "correlation-permutation: move music into the speech basis (exact re-ordering), then linear",
+          params=(ALPHA, LAYER_ALPHAS), aligns="music",
+          paper="correlation-permutation merging of HuBERT and MERT (arXiv 2506.11403)")
 def permute(
-    speech: StateDict,
-    music: StateDict,
-    *,
-    alignment: Aligner,
-    alpha: float = 0.5,
-    layer_alphas: Sequence[float] | None = None,
+    speech: StateDict, music: StateDict, *, alignment: Aligner, alpha: float, layer_alphas: Sequence[float] | None
 ) -> StateDict:
     """`linear` of speech and the music weights re-ordered by `alignment` (a `merging.align.Alignment`)."""
     return linear(speech, alignment.apply(music), alpha=alpha, layer_alphas=layer_alphas)
@@ -252,29 +189,25 @@ def _task_arithmetic_tensor(base: torch.Tensor, speech: torch.Tensor, music: tor
     return out.add_(music.to(base) - base, alpha=lm)
 
 
-def _lambda_pair(pair, what: str) -> tuple[float, float]:
-    try:
-        ls, lm = pair
-    except (TypeError, ValueError):
-        raise MergeError(f"{what} must be (lambda_speech, lambda_music) pairs, got {pair!r}") from None
-    return _number(f"{what} lambda_speech", ls, -1, 2), _number(f"{what} lambda_music", lm, -1, 2)
+LAYER_LAMBDAS = Param("layer_lambdas", None, "one (λ speech, λ music) pair per transformer layer, overriding λ inside it",
+                      "per-layer λ", kind="pairs", low=-1, high=2)
 
 
-@register("task_arithmetic", "base + λs·(speech − base) + λm·(music − base), optionally with (λs, λm) per layer")
+@register("task_arithmetic", "base + λs·(speech − base) + λm·(music − base), optionally with (λs, λm) per layer",
+          params=(*lambdas(0.5), LAYER_LAMBDAS), paper="task arithmetic (Ilharco et al. 2023, arXiv 2212.04089); "
+          "distilled speech/music task vectors (arXiv 2505.13270)")
 def task_arithmetic(
     base: StateDict,
     speech: StateDict,
     music: StateDict,
     *,
-    lambda_speech: float = 0.5,
-    lambda_music: float = 0.5,
-    layer_lambdas: Sequence[tuple[float, float]] | None = None,
+    lambda_speech: float,
+    lambda_music: float,
+    layer_lambdas: Sequence[tuple[float, float]] | None,
 ) -> StateDict:
     """base + λs·(speech − base) + λm·(music − base); `layer_lambdas` gives a (λs, λm) pair per transformer
     layer. λ=(0,0) returns the base exactly, (1,0) the speech and (0,1) the music weights exactly."""
-    pair = _lambda_pair((lambda_speech, lambda_music), "task_arithmetic")
-    if layer_lambdas is not None:
-        layer_lambdas = [_lambda_pair(p, "every layer_lambdas entry") for p in layer_lambdas]
+    pair = (lambda_speech, lambda_music)
     _check_inputs({"base": base, "speech": speech, "music": music})
     pairs = _per_tensor(list(base), pair, layer_lambdas, "layer_lambdas")
     return {name: _task_arithmetic_tensor(base[name], speech[name], music[name], *pairs[name]).to(base[name].dtype)
@@ -312,22 +245,15 @@ def _task_vector_merge(base: StateDict, models: dict[str, StateDict], merge_tens
     return out
 
 
-@register("ties", "TIES: trim task vectors to their top entries, elect signs, disjoint weighted mean")
-def ties(
-    base: StateDict,
-    speech: StateDict,
-    music: StateDict,
-    *,
-    lambda_speech: float = 1.0,
-    lambda_music: float = 1.0,
-    density: float = 0.2,
-) -> StateDict:
+@register("ties", "TIES: trim task vectors to their top entries, elect signs, disjoint weighted mean",
+          params=(*lambdas(1.0, low=0), DENSITY), paper="TIES-Merging (Yadav et al. 2023, arXiv 2306.01708)")
+def ties(base: StateDict, speech: StateDict, music: StateDict, *, lambda_speech: float, lambda_music: float,
+         density: float) -> StateDict:
     """TIES-merging (mergekit's normalised form). Per tensor, each task vector τ = model − base keeps its
     round(density·n) largest-magnitude entries; the sign of Σ λ·τ elects a sign per entry; the merged
     delta is Σ λ·τ / Σ λ over the models that are non-zero there and agree with it (0 where none).
     The λs therefore act as relative weights: (1, 1) and (2, 2) give the same result."""
-    lambdas = (_number("ties lambda_speech", lambda_speech, 0, 2), _number("ties lambda_music", lambda_music, 0, 2))
-    density = _number("density", density, 0, 1, low_open=True)
+    lambdas = (lambda_speech, lambda_music)
     _check_inputs({"base": base, "speech": speech, "music": music})
 
     def merge_tensor(_name, deltas):
@@ -345,26 +271,19 @@ def _tensor_seed(seed: int, role: str, name: str) -> int:
     return int.from_bytes(digest, "little") & (2**63 - 1)
 
 
-@register("dare", "DARE: drop task-vector entries at random, rescale survivors, then task arithmetic")
-def dare(
-    base: StateDict,
-    speech: StateDict,
-    music: StateDict,
-    *,
-    lambda_speech: float = 0.5,
-    lambda_music: float = 0.5,
-    drop: float = 0.9,
-    seed: int = 0,
-) -> StateDict:
+DROP = Param("drop", 0.9, "probability that a task-vector entry is dropped (survivors are scaled by 1/(1 − drop))",
+             "drop", low=0, high=1, high_open=True)
+SEED = Param("seed", 0, "seed of the random drop masks", "seed", kind="int")
+
+
+@register("dare", "DARE: drop task-vector entries at random, rescale survivors, then task arithmetic",
+          params=(*lambdas(0.5), DROP, SEED), paper="DARE (Yu et al. 2023, arXiv 2311.03099)")
+def dare(base: StateDict, speech: StateDict, music: StateDict, *, lambda_speech: float, lambda_music: float,
+         drop: float, seed: int) -> StateDict:
     """DARE: each entry of τ = model − base is dropped with probability `drop` and survivors are scaled
     by 1/(1 − drop); then base + λs·τ̂s + λm·τ̂m. The masks come from a CPU generator seeded by (seed,
     role, tensor name), so a seed gives the same merge on every device. drop=0 is task_arithmetic."""
-    lambdas = _lambda_pair((lambda_speech, lambda_music), "dare")
-    drop = _number("drop", drop, 0, 1, high_open=True)
-    try:
-        seed = operator.index(seed)
-    except TypeError:
-        raise MergeError(f"seed must be an integer, got {seed!r}") from None
+    lambdas = (lambda_speech, lambda_music)
     if drop == 0:
         return task_arithmetic(base, speech, music, lambda_speech=lambda_speech, lambda_music=lambda_music)
     _check_inputs({"base": base, "speech": speech, "music": music})
@@ -405,17 +324,14 @@ def _disjoint_mean(parts: torch.Tensor) -> torch.Tensor:
     return (parts * agree).sum(0) / agree.sum(0).clamp_min(1)
 
 
-@register("drm", "Decom-Renorm-Merge: sign-elected disjoint merge of task vectors in their joint SVD space")
-def drm(
-    base: StateDict,
-    speech: StateDict,
-    music: StateDict,
-    *,
-    lambda_speech: float = 1.0,
-    lambda_music: float = 1.0,
-    density: float = 0.2,
-    rank_tol: float = 0.01,
-) -> StateDict:
+RANK_TOL = Param("rank_tol", 0.01, "joint singular components below rank_tol × the largest are dropped", "rank tolerance",
+                 low=0, high=1, high_open=True)
+
+
+@register("drm", "Decom-Renorm-Merge: sign-elected disjoint merge of task vectors in their joint SVD space",
+          params=(*lambdas(1.0), DENSITY, RANK_TOL), paper="Decom-Renorm-Merge (arXiv 2505.23117)")
+def drm(base: StateDict, speech: StateDict, music: StateDict, *, lambda_speech: float, lambda_music: float,
+        density: float, rank_tol: float) -> StateDict:
     """Decom-Renorm-Merge (arXiv 2505.23117, horizontal variant). For each weight with ≥ 2 dims, viewed as
     (out, rest), with deltas Δ_i: [Δ_s Δ_m] = U·S·Vᵀ keeping S > rank_tol·S_max; Vᵀ splits into V_iᵀ, whose
     rows are renormalised to unit norm (the norm moves into S_i); each V̂_iᵀ keeps its top `density`
@@ -424,9 +340,7 @@ def drm(
     the mean over the agreeing non-zero M_i gives M; Δ = U·M. Other tensors (biases, norms,
     masked_spec_embed) use the same sign election and disjoint mean of λ_i·Δ_i, untrimmed (the
     authors' default for them). A model with λ=0 or an all-zero delta is left out of the tensor's merge."""
-    lambdas = _lambda_pair((lambda_speech, lambda_music), "drm")
-    density = _number("density", density, 0, 1, low_open=True)
-    rank_tol = _number("rank_tol", rank_tol, 0, 1, high_open=True)
+    lambdas = (lambda_speech, lambda_music)
     _check_inputs({"base": base, "speech": speech, "music": music})
 
     def merge_tensor(_name, deltas):
@@ -439,8 +353,13 @@ def drm(
 
 # ---- fine-tuning -------------------------------------------------------------------------------
 
-@register("speech_ft", "θ_pre + α·(θ_ft − θ_pre): Speech-FT interpolation toward the fine-tuned copy")
-def speech_ft(pretrained: StateDict, finetuned: StateDict, *, alpha: float = 0.25) -> StateDict:
+FT_ALPHA = Param("alpha", 0.25, "weight of the fine-tuned copy (0: the pretrained encoder, 1: the fine-tuned one)", "α",
+                 low=0, high=1)
+
+
+@register("speech_ft", "θ_pre + α·(θ_ft − θ_pre): Speech-FT interpolation toward the fine-tuned copy",
+          params=(FT_ALPHA,), paper="Speech-FT (arXiv 2502.12672)")
+def speech_ft(pretrained: StateDict, finetuned: StateDict, *, alpha: float) -> StateDict:
     """Speech-FT (arXiv 2502.12672): θ_pre + α·(θ_ft − θ_pre); α=0 is the pretrained model exactly."""
     labels = ("pretrained", "finetuned")
     weights = _lerp_weights(pretrained, finetuned, alpha, None, labels)

@@ -11,7 +11,7 @@ import transformers
 
 from .align import Alignment, PAPER_COMPONENTS, Progress, correlation_align, weight_align
 from .encoders import Encoder, check_compatible
-from .methods import METHODS, merge
+from .methods import METHODS, get_method, merge
 from .state import MergeError, StateDict, state_checksum
 
 
@@ -50,12 +50,12 @@ def merge_encoders(
 ) -> StateDict:
     """Merge the encoders named by role ('speech', 'music', 'base', 'pretrained', 'finetuned').
 
-    `alignments` maps a role to the alignment that moves it into the basis of the merge (the speech
-    encoder for `permute`, the base for task-vector methods); it is applied before merging.
+    `alignments` maps a role to the alignment that moves it into the basis of the merge (the first
+    input's: the speech encoder for `permute`, the base for task-vector methods). A method that declares
+    `aligns` gets its input's alignment as the `alignment` argument; other alignments are applied first.
     """
-    if method not in METHODS:
-        raise MergeError(f"unknown method '{method}': choose from {', '.join(METHODS)}")
-    roles = METHODS[method].inputs
+    declared = get_method(method)
+    roles = declared.inputs
     missing = [role for role in roles if role not in encoders]
     if missing:
         raise MergeError(f"method '{method}' needs the {' and '.join(missing)} encoder")
@@ -67,13 +67,13 @@ def merge_encoders(
         state = encoders[role].state_dict()
         if device is not None:
             state = {name: tensor.to(device, non_blocking=True) for name, tensor in state.items()}
-        if alignments and role in alignments and method != "permute":
+        if alignments and role in alignments and role != declared.aligns:
             state = alignments[role].apply(state)
         states[role] = state
-    if method == "permute":
-        if not alignments or "music" not in alignments:
-            raise MergeError("method 'permute' needs an alignment of the music encoder (run the alignment first)")
-        params["alignment"] = alignments["music"]
+    if declared.aligns:
+        if not alignments or declared.aligns not in alignments:
+            raise MergeError(f"method '{method}' needs an alignment of the {declared.aligns} encoder (run the alignment first)")
+        params["alignment"] = alignments[declared.aligns]
     return merge(method, states, **params)
 
 

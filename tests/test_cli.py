@@ -6,7 +6,7 @@ from transformers import HubertModel
 
 from merging.cli import main
 from merging.encoders import load_encoder
-from merging.methods import linear
+from merging.methods import METHODS, Param, linear, register
 from merging.spec import COMPONENTS, apply_permutations, hubert_spec, random_permutations
 from merging.state import state_checksum
 from tiny import tiny_config, tiny_model
@@ -105,3 +105,32 @@ def test_bad_inputs_give_one_line_errors_and_write_nothing(checkpoints, tmp_path
         err = capsys.readouterr().err.strip()
         assert err.startswith("error:") and needle in err and "\n" not in err, err
     assert not out.exists()
+
+
+def test_a_registered_method_gets_its_cli_choice_and_flags(checkpoints, tmp_path, capsys):
+    shift = Param("shift_by", 0.0, "added to every music weight", "shift", low=-1, high=1)
+
+    @register("test_shift", "the music encoder plus a constant", params=(shift,))
+    def shifted(speech, music, *, shift_by):
+        return {k: v + shift_by if v.is_floating_point() else v.clone() for k, v in music.items()}
+
+    try:
+        with pytest.raises(SystemExit):
+            main(["merge", "--help"])
+        help_text = " ".join(capsys.readouterr().out.split())
+        assert "test_shift: the music encoder plus a constant" in help_text
+        assert "--shift-by SHIFT_BY added to every music weight: [-1, 1], default 0 [test_shift]" in help_text
+        out = tmp_path / "shifted"
+        assert main(["merge", "--speech", checkpoints["speech"], "--music", checkpoints["music"], "--method", "test_shift",
+                     "--shift-by", "0.5", "--out", str(out)]) == 0
+        music = load_encoder(checkpoints["music"]).state_dict()
+        saved = load_encoder(str(out)).state_dict()
+        torch.testing.assert_close(saved["masked_spec_embed"], music["masked_spec_embed"] + 0.5)
+        assert main(["merge", "--speech", checkpoints["speech"], "--music", checkpoints["music"], "--method", "linear",
+                     "--shift-by", "0.5", "--out", str(tmp_path / "never")]) == 2
+        assert "method 'linear' takes no --shift-by" in capsys.readouterr().err
+    finally:
+        METHODS.pop("test_shift")
+    with pytest.raises(SystemExit):
+        main(["merge", "--help"])
+    assert "test_shift" not in capsys.readouterr().out

@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from merging.methods import METHODS, dare, drm, linear, linear_into, merge, register, speech_ft, task_arithmetic, ties
+from merging.methods import METHODS, Param, dare, drm, linear, linear_into, merge, register, speech_ft, task_arithmetic, ties
 from merging.state import MergeError, state_checksum
 from tiny import TINY_VARIANTS, tiny_config, tiny_model
 
@@ -135,7 +135,7 @@ def test_permute_interpolates_toward_the_aligned_music_weights(models):
     assert_same(merge("permute", {"speech": speech, "music": music}, alignment=alignment, alpha=0), speech)
     assert_close(merge("permute", {"speech": speech, "music": music}, alignment=alignment, alpha=0.3),
                  linear(speech, aligned, alpha=0.3))
-    with pytest.raises(MergeError, match="needs the parameter 'alignment'"):
+    with pytest.raises(MergeError, match="needs an alignment of its music input"):
         merge("permute", {"speech": speech, "music": music})
 
 
@@ -164,7 +164,7 @@ def test_task_arithmetic_layer_lambdas(models):
         task_arithmetic(base, speech, music, layer_lambdas=[(0.5, 0.5)])
     with pytest.raises(MergeError, match="pairs"):
         task_arithmetic(base, speech, music, layer_lambdas=[0.5, 0.5])
-    with pytest.raises(MergeError, match="lambda_music"):
+    with pytest.raises(MergeError, match=r"layer_lambdas music must be a number in \[-1, 2\]"):
         task_arithmetic(base, speech, music, layer_lambdas=[(0.5, 0.5), (0.5, 2.5)])
 
 
@@ -402,17 +402,47 @@ def test_registry_refuses_unknown_methods_roles_and_parameters(models):
 
 
 def test_register_adds_a_method_from_outside(models):
-    @register("test_pick", "the music weights, for the test")
-    def pick(speech, music, *, scale, shift=0.0):
-        return {k: scale * v + shift for k, v in music.items()}
+    shift = Param("shift", 0.0, "added to every weight", "shift", low=-1, high=1)
+
+    @register("test_pick", "the music weights, for the test", params=(shift,), paper="none")
+    def pick(speech, music, *, shift):
+        return {k: v + shift for k, v in music.items()}
 
     try:
         assert METHODS["test_pick"].inputs == ("speech", "music") and METHODS["test_pick"].defaults == {"shift": 0.0}
         pair = {"speech": models["speech"], "music": models["music"]}
-        with pytest.raises(MergeError, match="needs the parameter 'scale'"):
-            merge("test_pick", pair)
-        assert_same(merge("test_pick", pair, scale=1.0), models["music"])
+        assert_same(merge("test_pick", pair), models["music"])  # the declared default filled in
+        assert_close(pick(models["speech"], models["music"], shift=0.5), {k: v + 0.5 for k, v in models["music"].items()})
+        with pytest.raises(MergeError, match=r"shift must be a number in \[-1, 1\], got 2"):
+            pick(models["speech"], models["music"], shift=2)  # the decorated function checks its arguments too
         with pytest.raises(ValueError, match="already registered"):
-            register("linear", "another linear")(pick)
+            register("linear", "another linear", params=(shift,))(pick)
     finally:
         METHODS.pop("test_pick")
+
+
+def test_register_refuses_a_signature_that_differs_from_the_declared_parameters():
+    shift = Param("shift", 0.0, "added to every weight")
+    with pytest.raises(ValueError, match="differ from the declared"):
+        register("test_bad", "undeclared scale", params=(shift,))(lambda speech, music, *, shift, scale: music)
+    with pytest.raises(ValueError, match="aligns 'base'"):
+        register("test_bad", "aligns an input it lacks", aligns="base")(lambda speech, music, *, alignment: music)
+    with pytest.raises(ValueError, match="default 'x' is not one of its choices"):
+        Param("mode", "x", "a choice", kind="choice", choices=("a", "b"))
+    assert "test_bad" not in METHODS
+
+
+def test_method_arguments_keep_a_methods_own_controls_and_refuse_a_set_optional_one():
+    from merging.methods import method_arguments
+
+    controls = {"alpha": 0.3, "lambda_speech": 0.7, "lambda_music": 0.2, "layer_alphas": None}
+    assert method_arguments("linear", controls) == {"alpha": 0.3}
+    assert method_arguments("dare", controls) == {"lambda_speech": 0.7, "lambda_music": 0.2}
+    assert method_arguments("permute", {**controls, "layer_alphas": [0.1, 0.2]}) == {"alpha": 0.3, "layer_alphas": [0.1, 0.2]}
+    assert method_arguments("ties", {**controls, "layer_alphas": []}) == {"lambda_speech": 0.7, "lambda_music": 0.2}
+    with pytest.raises(MergeError, match="per-layer α applies to linear and permute, not to ties: clear it"):
+        method_arguments("ties", {**controls, "layer_alphas": [0.1]})
+    with pytest.raises(MergeError, match=r"lambda_speech must be a number in \[0, 2\], got -0.5"):
+        method_arguments("ties", {"lambda_speech": -0.5})
+    with pytest.raises(MergeError, match="unknown merge method 'average'"):
+        method_arguments("average", controls)
