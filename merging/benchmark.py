@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -12,8 +12,10 @@ from transformers import HubertModel
 
 from .align import PAPER_COMPONENTS
 from .encoders import Encoder, encoder_from_state, load_encoder
+from .methods import METHODS
 from .pipeline import align, merge_encoders
 from .probes import ProbeScores, ProbeSuite
+from .stats import RESAMPLES
 
 MODELS_DIR = Path(__file__).resolve().parent.parent / "assets" / "models"
 MODEL_NAMES = {
@@ -27,15 +29,24 @@ MODEL_NAMES = {
 }
 
 
-@dataclass
+INTERVAL_FIELDS = {"avg_ci": None, "speech_avg_ci": "speech", "music_avg_ci": "music"}
+
+
+@dataclass(frozen=True)
 class Row:
     name: str
     method: str | None
     alpha: float | None
     scores: ProbeScores
+    params: dict = field(default_factory=dict)  # the method's parameters other than alpha (e.g. the chosen λs)
 
-    def as_dict(self) -> dict:
-        return {"name": self.name, "method": self.method, "alpha": self.alpha, **self.scores.as_row()}
+    def as_dict(self, seed: int = 0) -> dict:
+        intervals = {key: list(self.scores.interval(domain, seed=seed)) for key, domain in INTERVAL_FIELDS.items()}
+        return {"name": self.name, "method": self.method, "alpha": self.alpha, "params": dict(self.params),
+                **self.scores.as_row(), **intervals,
+                "scores_ci": {task: list(self.scores.interval(task=task, seed=seed)) for task in self.scores.accuracy},
+                "test_clips": self.scores.test_clips,
+                "correct": {task: "".join("1" if c else "0" for c in hits) for task, hits in self.scores.correct.items()}}
 
 
 def find_models(locations: Sequence[str | Path] = (MODELS_DIR,)) -> dict[str, Path]:
@@ -66,23 +77,42 @@ def _merged(method: str, encoders: dict[str, Encoder], alignments=None, **params
                               name=method, source="merged")
 
 
-LAMBDA_GRID = (0.5, 0.6, 0.75, 0.9, 1.0)
+DEFAULT_ALPHAS = (0.0, 0.1, 0.25, 0.5, 0.75, 1.0)
+TASK_VECTOR_INPUTS = ("base", "speech", "music")
+# (λ_speech, λ_music) tried for every task-vector method: interpolations, λs + λm = 1 (the distilled-task-vector setting)
+LAMBDA_GRID = ((0.9, 0.1), (0.7, 0.3), (0.5, 0.5), (0.3, 0.7), (0.1, 0.9))
+# task addition: task arithmetic with λs = λm, so the two task vectors may add up to more than one
+ADDITION_GRID = ((0.5, 0.5), (0.6, 0.6), (0.75, 0.75), (0.9, 0.9), (1.0, 1.0))
 
 
-def _chosen_lambdas(validation: ProbeSuite, trio: dict[str, Encoder], seed: int, log) -> tuple[float, float]:
-    scores = {lam: validation.score(_merged("task_arithmetic", trio, lambda_speech=lam, lambda_music=lam), seed=seed).average()
-              for lam in LAMBDA_GRID}
+def task_vector_methods() -> list[str]:
+    """Registered methods that merge the speech and music task vectors over a shared base, in registry order."""
+    return [name for name, method in METHODS.items() if method.task_vector and method.inputs == TASK_VECTOR_INPUTS]
+
+
+def _lambda_params(method: str, pair: tuple[float, float], seed: int) -> dict:
+    params = {"lambda_speech": pair[0], "lambda_music": pair[1]}
+    if "seed" in METHODS[method].parameters:
+        params["seed"] = seed
+    return params
+
+
+def choose_lambdas(validation: ProbeSuite, method: str, trio: dict[str, Encoder], grid, seed: int, log,
+                   label: str | None = None) -> tuple[float, float]:
+    """The grid's (λs, λm) with the best probe average on `validation` (the first one on a tie)."""
+    scores = {pair: validation.score(_merged(method, trio, **_lambda_params(method, pair, seed)), seed=seed).average()
+              for pair in grid}
     best = max(scores, key=scores.get)
-    log("  task arithmetic λ on the validation split: " + ", ".join(f"{lam:g}: {v:.1f}" for lam, v in scores.items())
-        + f" -> {best:g}")
-    return best, best
+    log(f"  {label or method} λ on the validation split: "
+        + ", ".join(f"{ls:g}/{lm:g}: {v:.1f}" for (ls, lm), v in scores.items()) + f" -> {best[0]:g}/{best[1]:g}")
+    return best
 
 
 def benchmark_rows(
     suite: ProbeSuite,
     models: dict[str, Path],
     *,
-    alphas: Sequence[float] = (0.0, 0.25, 0.5, 0.75, 1.0),
+    alphas: Sequence[float] = DEFAULT_ALPHAS,
     calibration: Sequence | None = None,
     components: Sequence[str] = PAPER_COMPONENTS,
     lambdas: tuple[float, float] | None = None,
@@ -91,14 +121,17 @@ def benchmark_rows(
     log=print,
 ) -> list[Row]:
     """Every row of the table, in the issue's order; rows whose models are missing are skipped (logged).
-    `lambdas=None` picks task arithmetic's λ_speech = λ_music from LAMBDA_GRID by the probes' average on a
-    validation split of the training clips (the test split stays unseen)."""
+    Every task-vector method (inputs base, speech, music in the registry) gets its (λs, λm) from LAMBDA_GRID
+    by the probes' average on a validation split of the training clips (the test split stays unseen), its
+    other parameters at their defaults; task arithmetic also gets a `task_addition` row chosen the same way
+    from ADDITION_GRID. `lambdas` fixes the pair for every task-vector method (and drops the addition row)."""
     rows: list[Row] = []
 
-    def add(name, method, alpha, encoder):
+    def add(name, method, alpha, encoder, params=None):
         start = time.perf_counter()
-        rows.append(Row(name, method, alpha, suite.score(encoder, seed=seed)))
-        log(f"  {name:<28} avg {rows[-1].scores.average():5.1f}  ({time.perf_counter() - start:.1f}s)")
+        rows.append(Row(name, method, alpha, suite.score(encoder, seed=seed), dict(params or {})))
+        low, high = rows[-1].scores.interval(seed=seed)
+        log(f"  {name:<28} avg {rows[-1].scores.average():5.1f} [{low:.1f}, {high:.1f}]  ({time.perf_counter() - start:.1f}s)")
 
     enc = {role: load_encoder(path) for role, path in models.items()}
     if "speech" in enc and "music" in enc:
@@ -118,12 +151,15 @@ def benchmark_rows(
     students = {"base": "student_base", "speech": "student_speech", "music": "student_music"}
     if all(role in enc for role in students.values()):
         trio = {key: enc[role] for key, role in students.items()}
-        ls, lm = lambdas or _chosen_lambdas(suite.validation(), trio, seed, log)
-        add(f"task_arithmetic@{ls:g}/{lm:g}", "task_arithmetic", None,
-            _merged("task_arithmetic", trio, lambda_speech=ls, lambda_music=lm))
-        add("ties", "ties", None, _merged("ties", trio))
-        add("dare", "dare", None, _merged("dare", trio, seed=seed))
-        add("drm", "drm", None, _merged("drm", trio))
+        validation = suite.validation()
+        chosen = [(method, f"{method}@", lambdas or choose_lambdas(validation, method, trio, LAMBDA_GRID, seed, log))
+                  for method in task_vector_methods()]
+        if lambdas is None and "task_arithmetic" in METHODS:
+            chosen.append(("task_arithmetic", "task_addition@", choose_lambdas(
+                validation, "task_arithmetic", trio, ADDITION_GRID, seed, log, label="task addition (λs = λm)")))
+        for method, prefix, (ls, lm) in chosen:
+            params = _lambda_params(method, (ls, lm), seed)
+            add(f"{prefix}{ls:g}/{lm:g}", method, None, _merged(method, trio, **params), params)
     else:
         log("  (students missing: task-vector rows are skipped)")
     if "student_multi" in enc:
@@ -134,26 +170,35 @@ def benchmark_rows(
     return rows
 
 
-def markdown_table(rows: Sequence[Row]) -> str:
+def _with_interval(value: float, interval: tuple[float, float]) -> str:
+    return f"{value:.1f} [{interval[0]:.1f}, {interval[1]:.1f}]"
+
+
+def markdown_table(rows: Sequence[Row], seed: int = 0) -> str:
+    """Accuracy per task, and each average with its 95 % bootstrap interval over test clips."""
     tasks = list(rows[0].scores.accuracy)
     header = ["model", *tasks, "speech avg", "music avg", "avg"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in rows:
-        cells = [row.name, *(f"{row.scores.accuracy[t]:.1f}" for t in tasks),
-                 *(f"{v:.1f}" for v in (row.scores.average("speech"), row.scores.average("music"), row.scores.average()))]
+        averages = [_with_interval(row.scores.average(domain), row.scores.interval(domain, seed=seed))
+                    for domain in ("speech", "music", None)]
+        cells = [row.name, *(f"{row.scores.accuracy[t]:.1f}" for t in tasks), *averages]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
-def write_json(rows: Sequence[Row], path: str | Path) -> None:
-    Path(path).write_text(json.dumps({"rows": [row.as_dict() for row in rows]}, indent=2))
+def write_json(rows: Sequence[Row], path: str | Path, seed: int = 0) -> None:
+    Path(path).write_text(json.dumps({"interval": "95 % percentile bootstrap over test clips, each task resampled "
+                                                  f"independently, {RESAMPLES} resamples, seed {seed}",
+                                      "rows": [row.as_dict(seed) for row in rows]}, indent=2))
 
 
 def write_sweep(rows: Sequence[Row], path: str | Path) -> tuple[Path, Path]:
     """The speech/music trade-off over alpha for linear and permute, as JSON and a plotly HTML page."""
     from viz.figures import tradeoff_curve
 
-    curves = {method: [{"alpha": r.alpha, "speech_avg": r.scores.average("speech"), "music_avg": r.scores.average("music")}
+    curves = {method: [{"alpha": r.alpha, "speech_avg": r.scores.average("speech"), "music_avg": r.scores.average("music"),
+                        "speech_avg_ci": list(r.scores.interval("speech")), "music_avg_ci": list(r.scores.interval("music"))}
                        for r in rows if r.method == method] for method in ("linear", "permute")}
     json_path = Path(path)
     json_path.write_text(json.dumps(curves, indent=2))

@@ -143,10 +143,11 @@ def _lambdas(text: str) -> tuple[float, float]:
 def benchmark_parser(sub) -> None:
     p = sub.add_parser("benchmark", help="probe scores of the encoders and of every merge method, as a Markdown table")
     p.add_argument("--models", nargs="+", default=None, help="folders holding the named built-in models, or ROLE=PATH pairs")
-    p.add_argument("--alphas", type=_floats, default=[0, 0.25, 0.5, 0.75, 1], help="alphas for linear and permute (default 0,0.25,0.5,0.75,1)")
+    p.add_argument("--alphas", type=_floats, default=[0, 0.1, 0.25, 0.5, 0.75, 1], help="alphas for linear and permute (default 0,0.1,0.25,0.5,0.75,1)")
     p.add_argument("--components", default="cnn,ffn,attn", help="groups permute aligns (default cnn,ffn,attn)")
     p.add_argument("--lambdas", type=_lambdas, default=None,
-                   help="task arithmetic's λ_speech,λ_music (default: chosen on a validation split of the probes' training clips)")
+                   help="λ_speech,λ_music for every task-vector method (default: each method's pair chosen from "
+                        "0.9,0.1 0.7,0.3 0.5,0.5 0.3,0.7 0.1,0.9 on a validation split of the probes' training clips)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", help="also write the numbers as JSON to this file")
     p.add_argument("--sweep", help="write the linear/permute trade-off curve as JSON here (and a plotly .html beside it)")
@@ -170,11 +171,13 @@ def run_benchmark(args) -> str:
                           lambdas=args.lambdas,
                           log=lambda line: print(line, file=sys.stderr))
     if args.json:
-        write_json(rows, args.json)
+        write_json(rows, args.json, seed=args.seed)
     if args.sweep:
         write_sweep(rows, args.sweep)
     machine = f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
-    return markdown_table(rows) + f"\n\n{len(rows)} rows in {time.perf_counter() - started:.0f}s on {machine}, seed {args.seed}"
+    counts = ", ".join(f"{task} {n}" for task, n in rows[0].scores.test_clips.items())
+    return (markdown_table(rows, seed=args.seed) + f"\n\n{len(rows)} rows in {time.perf_counter() - started:.0f}s on {machine}, "
+            f"seed {args.seed}; [low, high]: 95 % bootstrap intervals over the test clips ({counts})")
 
 
 def _describe(params: dict) -> str:

@@ -17,6 +17,7 @@ import torch
 
 from .features import encoder_input, hidden_states
 from .state import MergeError, state_checksum
+from .stats import average_interval
 
 
 @dataclass(frozen=True)
@@ -94,14 +95,27 @@ def fit_probe(features: torch.Tensor, targets: torch.Tensor, num_classes: int, *
     return LinearProbe(mean, std, layer_logits.detach(), weight.detach(), bias.detach())
 
 
-@dataclass
+@dataclass(frozen=True)
 class ProbeScores:
     accuracy: dict[str, float]  # task -> percent
     domains: dict[str, str]
+    correct: dict[str, tuple[bool, ...]]  # task -> whether each test clip was classified correctly
+
+    def _tasks(self, domain: str | None) -> list[str]:
+        return [task for task in self.accuracy if domain is None or self.domains[task] == domain]
 
     def average(self, domain: str | None = None) -> float:
-        values = [acc for task, acc in self.accuracy.items() if domain is None or self.domains[task] == domain]
+        values = [self.accuracy[task] for task in self._tasks(domain)]
         return float(np.mean(values)) if values else float("nan")
+
+    @property
+    def test_clips(self) -> dict[str, int]:
+        return {task: len(values) for task, values in self.correct.items()}
+
+    def interval(self, domain: str | None = None, *, task: str | None = None, seed: int = 0) -> tuple[float, float]:
+        """95 % bootstrap interval over test clips of one task's accuracy, or of a domain's (or the overall) average."""
+        tasks = [task] if task is not None else self._tasks(domain)
+        return average_interval({t: self.correct[t] for t in tasks}, seed=seed) if tasks else (float("nan"),) * 2
 
     def as_row(self) -> dict:
         return {"scores": dict(self.accuracy), "speech_avg": self.average("speech"),
@@ -151,11 +165,13 @@ class ProbeSuite:
     def score(self, encoder, seed: int = 0, probes: dict[str, LinearProbe] | None = None) -> ProbeScores:
         features = self.features(encoder)
         probes = probes or self.fit(encoder, seed)
-        accuracy = {}
+        accuracy, correct = {}, {}
         for task in self.tasks:
             predicted = probes[task.name].logits(features[list(task.test)]).argmax(1)
-            accuracy[task.name] = 100.0 * (predicted == torch.tensor(task.test_y)).float().mean().item()
-        return ProbeScores(accuracy, {task.name: task.domain for task in self.tasks})
+            hits = predicted == torch.tensor(task.test_y)
+            accuracy[task.name] = 100.0 * hits.float().mean().item()
+            correct[task.name] = tuple(hits.tolist())
+        return ProbeScores(accuracy, {task.name: task.domain for task in self.tasks}, correct)
 
     def predict(self, encoder, clip: np.ndarray, sample_rate: int, probes: dict[str, LinearProbe] | None = None) -> dict[str, dict[str, float]]:
         """Class probabilities per task for one clip of any length (pooled over time)."""
