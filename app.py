@@ -1,4 +1,4 @@
-"""merge lab: the Gradio app. UI wiring only: the work is done by merging.lab, the figures by viz.figures.
+"""merge lab: the Gradio app. UI wiring only: the work is done by merging.service, the words by app_text, the figures by viz.figures.
 
     python app.py    # serves the built-in encoders of assets/models (MERGE_LAB_MODELS), no network needed
 """
@@ -18,8 +18,13 @@ from pathlib import Path  # noqa: E402
 import gradio as gr  # noqa: E402
 
 from merging.align import PAPER_COMPONENTS  # noqa: E402
-from merging.lab import (ALPHA_METHODS, METHOD_ROLES, ROLE_TITLES, Lab, LabConfig, LabSession,  # noqa: E402
-                         mean_matched, showcase_group)
+import app_text  # noqa: E402
+from app_text import ROLE_TITLES  # noqa: E402
+from merging.service.alignment_summary import showcase_group  # noqa: E402
+from merging.service.config import LabConfig  # noqa: E402
+from merging.service.controls import ALPHA_METHODS, LAB_ROLES, METHOD_ROLES  # noqa: E402
+from merging.service.lab import Lab  # noqa: E402
+from merging.service.session import LabSession  # noqa: E402
 from merging.methods import METHODS  # noqa: E402
 from merging.spec import COMPONENTS  # noqa: E402
 from merging.state import MergeError  # noqa: E402
@@ -100,14 +105,14 @@ def build_app(lab: Lab) -> gr.Blocks:
     choices = [(lab.registry.label(key), key) for key in lab.registry.keys()]
 
     def sources_of(*values) -> dict[str, str]:
-        return dict(zip(ROLE_TITLES, values))
+        return dict(zip(LAB_ROLES, values))
 
     # -- handlers ---------------------------------------------------------------------------------
 
     @toasts
     def show_encoders(speech, music, student_base, student_speech, student_music, speech_ft):
         rows, problems = lab.describe(sources_of(speech, music, student_base, student_speech, student_music, speech_ft))
-        table = {"headers": ["role", "encoder", "parameters", "sample rate", "device"], "data": rows}
+        table = {"headers": app_text.ENCODER_HEADERS, "data": app_text.encoder_rows(rows, lab.device)}
         for problem in problems:
             gr.Warning(problem)
         return table, "\n".join(f"- ⚠ {p}" for p in problems)
@@ -120,9 +125,8 @@ def build_app(lab: Lab) -> gr.Blocks:
                             progress=lambda fraction, message: progress(fraction, desc=message))
         alignment = session.alignment
         groups = list(alignment.groups)
-        before, after = mean_matched(alignment)
-        status = (f"Aligned **{music}** to **{speech}**: {len(groups)} groups on {lab.calibration_note()} · "
-                  f"mean matched correlation **{before:.2f} → {after:.2f}**")
+        clips, source = lab.calibration()
+        status = app_text.align_status(alignment, speech, music, f"{len(clips)} {source}")
         shown = showcase_group(alignment)
         heatmap, lines = group_figures(session, shown)
         return (session, status, gr.update(choices=groups, value=shown), heatmap,
@@ -146,11 +150,9 @@ def build_app(lab: Lab) -> gr.Blocks:
     def merge_outputs(session):
         merged = session.merged
         note = lab.bench.describe()
-        status = (f"**{merged.method}** {_params(merged.params)} · merged in {merged.merge_seconds:.2f} s, "
-                  f"probed in {merged.score_seconds:.2f} s on **{merged.device}** · {note}")
-        bars = probe_bars(lab.reference_scores(session), lab.bench.domains, colours=BAR_COLOURS)
+        bars = probe_bars(app_text.by_display_role(lab.reference_scores(session)), lab.bench.domains, colours=BAR_COLOURS)
         curve = tradeoff_curve(session.curve_points(), current=merged.point())
-        return session, status, bars, curve, merged.summary(note)
+        return session, app_text.merge_status(merged, note), bars, curve, app_text.merge_summary(merged, note)
 
     @gpu
     @toasts
@@ -177,8 +179,7 @@ def build_app(lab: Lab) -> gr.Blocks:
         report = lab.probe_clip(session, sources, clip, method)
         for warning in report.warnings:
             gr.Warning(warning)
-        status = " · ".join([report.note, *report.warnings])
-        return {"headers": report.columns, "data": report.rows}, status
+        return app_text.clip_table(report), app_text.clip_status(report)
 
     def probe_on_change(session, clip, method, *roles):
         if not clip:  # cleared
@@ -304,10 +305,6 @@ def build_app(lab: Lab) -> gr.Blocks:
 
         export_button.click(run_export, session, export_file, api_name="export", concurrency_id="lab")
     return demo
-
-
-def _params(params: dict) -> str:
-    return ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items())
 
 
 def launch(lab: Lab, **kwargs) -> gr.Blocks:

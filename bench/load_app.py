@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_app import ROOT, connect, running_app  # noqa: E402
 
-from merging.lab import METHOD_ROLES  # noqa: E402
+from merging.service.controls import METHOD_ROLES  # noqa: E402
 
 EXAMPLES = sorted((ROOT / "assets" / "audio" / "examples").glob("*.ogg"))
 REQUEST_TIMEOUT_S = 120.0

@@ -18,7 +18,7 @@ from transformers import HubertModel
 
 from conftest import UPLOAD_LIMIT, free_port
 from merging.benchmark import MODEL_NAMES
-from merging.lab import METHOD_ROLES
+from merging.service.controls import METHOD_ROLES
 from merging.state import state_checksum
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -1,4 +1,4 @@
-"""merging.lab, the engine behind the app, without the app."""
+"""merging.service, the engine behind the app, without the app."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -7,8 +7,12 @@ import pytest
 import torch
 
 from merging.benchmark import MODEL_NAMES, MODELS_DIR
-from merging.lab import (PAPER_HUB_ENCODERS, EncoderRegistry, Lab, LabConfig, LabSession, ModelPool, merge_params,
-                         parse_layer_alphas, torch_threads)
+from merging.service.config import PAPER_HUB_ENCODERS, LabConfig
+from merging.service.controls import merge_params, parse_layer_alphas
+from merging.service.lab import Lab
+from merging.service.pool import ModelPool, torch_threads
+from merging.service.registry import EncoderRegistry
+from merging.service.session import LabSession
 from merging.state import MergeError, state_checksum
 
 
@@ -102,7 +106,7 @@ def test_the_tradeoff_curve_starts_at_the_inputs_and_collects_merges(lab):
 def test_the_showcase_group_is_the_best_gain_among_drawable_groups():
     from types import SimpleNamespace
 
-    from merging.lab import showcase_group
+    from merging.service.alignment_summary import showcase_group
 
     def group(size, before, after):
         return SimpleNamespace(perm=range(size), before=before, after=after)

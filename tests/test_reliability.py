@@ -25,9 +25,10 @@ import merging.checkpoint
 from merging.audio import MAX_SAMPLE_RATE, MIN_SAMPLE_RATE, load_audio, prepare_audio
 from merging.checkpoint import load_merge_config, save_encoder, zip_encoder_dir
 from merging.encoders import Encoder, build_model, encoder_from_state, load_encoder
-from merging.lab import Lab, LabConfig, LabSession, torch_threads
+from merging.lab import Lab, LabConfig, LabSession
 from merging.methods import METHODS, merge
 from merging.pipeline import merge_encoders
+from merging.service.pool import torch_threads
 from merging.spec import COMPONENTS, apply_permutations, hubert_spec, random_permutations
 from merging.state import MergeError, state_checksum
 from tiny import tiny_model

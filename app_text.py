@@ -1,0 +1,80 @@
+"""The words and tables the app shows for the service's values (merging.service returns data, not text)."""
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from merging.service.alignment_summary import mean_matched
+from merging.service.lab import EncoderRow
+from merging.service.session import ClipReport, MergeResult
+
+ROLE_TITLES = {
+    "speech": "speech encoder",
+    "music": "music encoder",
+    "student_base": "student base (task vectors)",
+    "student_speech": "speech student",
+    "student_music": "music student",
+    "speech_ft": "fine-tuned speech encoder",
+}
+ENCODER_HEADERS = ["role", "encoder", "parameters", "sample rate", "device"]
+NO_MERGE = "merge first (step 3)"
+
+
+def display_role(role: str) -> str:
+    """A method input's role as a column or bar name."""
+    return {"pretrained": "speech", "finetuned": "fine-tuned"}.get(role, role)
+
+
+def encoder_rows(rows: list[EncoderRow], merge_device: str) -> list[list[str]]:
+    return [[ROLE_TITLES[row.role], row.key, "—", "—", "not loaded"] if row.error else
+            [ROLE_TITLES[row.role], row.key, f"{row.parameters / 1e6:.2f} M", f"{row.sample_rate} Hz",
+             f"{row.device} (merges run on {merge_device})"] for row in rows]
+
+
+def align_status(alignment, speech: str, music: str, calibration: str) -> str:
+    before, after = mean_matched(alignment)
+    return (f"Aligned **{music}** to **{speech}**: {len(alignment.groups)} groups on {calibration} · "
+            f"mean matched correlation **{before:.2f} → {after:.2f}**")
+
+
+def params_text(params: dict) -> str:
+    return ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items())
+
+
+def merge_status(merged: MergeResult, probe_note: str) -> str:
+    return (f"**{merged.method}** {params_text(merged.params)} · merged in {merged.merge_seconds:.2f} s, "
+            f"probed in {merged.score_seconds:.2f} s on **{merged.device}** · {probe_note}")
+
+
+def merge_summary(merged: MergeResult, probe_note: str) -> dict:
+    """The JSON summary of a merge (the /merge endpoint's fourth output)."""
+    return {
+        "method": merged.method,
+        "params": merged.params,
+        "inputs": merged.sources,
+        "device": merged.device,
+        "merge_seconds": round(merged.merge_seconds, 3),
+        "score_seconds": round(merged.score_seconds, 3),
+        "probes": probe_note,
+        **{k: (round(v, 2) if isinstance(v, float) else v) for k, v in merged.scores.as_row().items()},
+    }
+
+
+def by_display_role(scores: Mapping[str, dict]) -> dict[str, dict]:
+    return {display_role(role): value for role, value in scores.items()}
+
+
+def top_prediction(probabilities: Mapping[str, float]) -> str:
+    label, p = max(probabilities.items(), key=lambda item: item[1])
+    return f"{label} ({p:.0%})"
+
+
+def clip_table(report: ClipReport) -> dict:
+    columns = list(report.predictions)
+    rows = [[task, *(top_prediction(report.predictions[c][task]) if report.predictions[c] else NO_MERGE for c in columns)]
+            for task in report.tasks]
+    return {"headers": ["task", *map(display_role, columns)], "data": rows}
+
+
+def clip_status(report: ClipReport) -> str:
+    names = " · ".join(f"{display_role(role)} = {key}" for role, key in report.inputs)
+    return " · ".join([f"{report.clip_name}: {report.seconds:.1f} s · {names}", *report.warnings])

@@ -1,0 +1,300 @@
+"""The service behind the app: one `Lab` per server, shared by every session.
+
+It holds the allow-listed encoders (loaded once, never mutated), the calibration clips and an alignment
+cache, the live probes, and one reusable model per device and architecture. What belongs to one person
+lives in a `LabSession` value; every operation takes a session and returns a new one.
+"""
+from __future__ import annotations
+
+import shutil
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..align import PAPER_COMPONENTS, Alignment, Progress
+from ..audio import load_audio
+from ..checkpoint import save_encoder, zip_encoder_dir
+from ..encoders import check_compatible, encoder_from_state
+from ..pipeline import align, merge_encoders, merge_record
+from ..probes import LinearProbe, ProbeScores, builtin_suite
+from ..spec import COMPONENTS
+from ..state import MergeError
+from .config import LabConfig
+from .controls import ALPHA_METHODS, LAB_ROLES, ROLE_GROUPS, merge_params, method_inputs, parse_layer_alphas, sweep_settings
+from .exports import ExportFolder
+from .pool import ModelPool, torch_threads
+from .probing import ProbeBench
+from .registry import EncoderRegistry
+from .session import ClipReport, LabSession, MergeResult, tradeoff_point
+
+
+@dataclass(frozen=True)
+class EncoderRow:
+    """One chosen encoder as the page lists it; `error` instead of the numbers when it did not load."""
+
+    role: str
+    key: str
+    parameters: int | None = None
+    sample_rate: int | None = None
+    device: str | None = None
+    error: str | None = None
+
+
+class Lab:
+    """Shared by every session of one server; thread-safe."""
+
+    def __init__(self, config: LabConfig | None = None) -> None:
+        self.config = config or LabConfig()
+        self.registry = EncoderRegistry(self.config.models_dir, self.config.extra_encoders)
+        self.pool = ModelPool()
+        self.exports = ExportFolder(keep=8)
+        self._bench: ProbeBench | None = None
+        self._calibration: tuple[list[np.ndarray], str] | None = None
+        self._alignments: OrderedDict[tuple, Alignment] = OrderedDict()
+        self._references: dict[str, tuple[dict[str, LinearProbe], ProbeScores]] = {}
+        self._lock = threading.RLock()
+
+    @contextmanager
+    def _computing(self) -> Iterator[None]:
+        """One computation at a time (2 cores gain nothing from more), with the configured thread count."""
+        with self._lock, torch_threads(self.config.threads):
+            yield
+
+    @property
+    def device(self) -> str:
+        if self.config.device != "auto":
+            return self.config.device
+        return "cuda" if torch.cuda.is_available() else "cpu"
+
+    @property
+    def bench(self) -> ProbeBench:
+        with self._lock:
+            if self._bench is None:
+                suite = builtin_suite(max_train=self.config.live_train, max_test=self.config.live_test)
+                suite.batch_size, suite.fit_iterations = self.config.feature_batch, self.config.fit_iterations
+                self._bench = ProbeBench(suite)
+            return self._bench
+
+    def calibration(self) -> tuple[list[np.ndarray], str]:
+        """The calibration clips and where they come from."""
+        with self._lock:
+            if self._calibration is None:
+                from ..calibration import builtin_calibration
+
+                self._calibration = builtin_calibration(limit=self.config.calibration_limit)
+            return self._calibration
+
+    def default_sources(self) -> dict[str, str]:
+        return {role: self.registry.default(role) for role in LAB_ROLES}
+
+    def warm(self, sources: Mapping[str, str] | None = None) -> None:
+        """Load what the first merges need: encoders, probe clips and, on a CPU, the speech and music encoders'
+        probes. Errors are left for the page to report when someone asks. (On a GPU host the probes wait for a
+        request: there the GPU may only be usable inside request handlers, as on ZeroGPU.)"""
+        sources = sources or self.default_sources()
+        self.bench
+        for role, key in sources.items():
+            try:
+                self.registry.get(key)
+                if self.device == "cpu" and role in ("speech", "music"):  # the default method's inputs
+                    self.reference(key)
+            except MergeError:
+                pass
+
+    # encoders
+
+    def describe(self, sources: Mapping[str, str]) -> tuple[list[EncoderRow], list[str]]:
+        """The chosen encoders, one row per lab role, and the problems found: missing or unloadable encoders
+        and incompatible pairs."""
+        rows, problems, loaded = [], [], {}
+        keys = {role: sources.get(role) or self.registry.default(role) for role in LAB_ROLES}
+        for role in LAB_ROLES:
+            key = keys[role]
+            try:
+                encoder = loaded[role] = self.registry.get(key)
+                rows.append(EncoderRow(role, key, encoder.num_parameters, encoder.sample_rate, str(encoder.device)))
+            except MergeError as error:
+                rows.append(EncoderRow(role, key, error=str(error)))
+                problems.append(str(error))
+        for group in ROLE_GROUPS:
+            present = [role for role in LAB_ROLES if role in group and role in loaded]
+            for other in present[1:]:
+                try:
+                    check_compatible(loaded[present[0]].config, loaded[other].config, names=(keys[present[0]], keys[other]))
+                except MergeError as error:
+                    problems.append(str(error))
+        return rows, problems
+
+    def reference(self, key: str) -> tuple[dict[str, LinearProbe], ProbeScores]:
+        """Probes and scores of an unmerged encoder (computed once per encoder)."""
+        with self._computing():
+            if key not in self._references:
+                encoder = self.registry.get(key)
+                with self.pool.hold(encoder, encoder.state_dict(), self.device, encoder.name) as running:
+                    self._references[key] = self.bench.evaluate(running)
+            return self._references[key]
+
+    # alignment
+
+    def align(self, session: LabSession, speech_key: str, music_key: str, *,
+              components: Sequence[str] = PAPER_COMPONENTS, absolute: bool = True,
+              progress: Progress | None = None) -> LabSession:
+        """Correlation alignment of the music encoder to the speech encoder on the calibration clips (cached)."""
+        unknown = sorted(set(components) - set(COMPONENTS))
+        components = tuple(c for c in COMPONENTS if c in components)
+        if not components or unknown:
+            raise MergeError(f"choose at least one component to permute among {', '.join(COMPONENTS)}")
+        speech, music = self.registry.get(speech_key), self.registry.get(music_key)
+        check_compatible(speech.config, music.config, names=(speech_key, music_key))
+        key = (self.registry.checksum(speech_key), self.registry.checksum(music_key), components, bool(absolute))
+        alignment = self._alignments.get(key)  # a cached one needs no compute: it does not queue behind merges
+        if alignment is None:
+            with self._computing():
+                alignment = self._alignments.get(key)
+                if alignment is None:
+                    clips, _ = self.calibration()
+                    alignment = self._run_alignment(speech, music, clips, components, absolute, progress)
+                    self._alignments[key] = alignment
+                    while len(self._alignments) > 4:
+                        self._alignments.popitem(last=False)
+        elif progress:
+            progress(1.0, "cached alignment")
+        return replace(session, alignment=alignment, alignment_pair=(speech_key, music_key))
+
+    def _run_alignment(self, speech, music, clips, components, absolute, progress) -> Alignment:
+        device = self.device
+        if device != "cpu":  # temporary device copies, freed when the alignment is done
+            speech, music = (encoder_from_state(e.config, e.state_dict(), sample_rate=e.sample_rate, normalize=e.normalize,
+                                                name=e.name, source=e.source, device=device) for e in (speech, music))
+        return align(speech, music, clips=clips, components=components, absolute=absolute, progress=progress)  # perms on the CPU
+
+    # merging
+
+    def merge(self, session: LabSession, sources: Mapping[str, str], method: str, *, alpha: float = 0.1,
+              lambda_speech: float = 0.5, lambda_music: float = 0.5, layer_alphas: str | Sequence[float] | None = None,
+              record: bool = True) -> LabSession:
+        """Merge with the chosen encoders, score the result with the live probes; the session keeps the weights."""
+        if isinstance(layer_alphas, str) or layer_alphas is None:
+            layer_alphas = parse_layer_alphas(layer_alphas)
+        params = merge_params(method, alpha, lambda_speech, lambda_music, layer_alphas)
+        inputs = method_inputs(method, sources, self.registry.default)
+        encoders = {role: self.registry.get(key) for role, key in inputs.items()}
+        alignments = None
+        if method == "permute":
+            pair = (inputs["speech"], inputs["music"])
+            if session.alignment is None or session.alignment_pair != pair:
+                raise MergeError("permute needs the alignment of these two encoders: run the alignment first (step 2)")
+            alignments = {"music": session.alignment}
+        device = self.device
+        with self._computing():
+            start = time.perf_counter()
+            state = merge_encoders(method, encoders, alignments=alignments, device=device, **params)
+            merge_seconds = time.perf_counter() - start
+            first = encoders[next(iter(inputs))]
+            with self.pool.hold(first, state, device, f"merged {method}") as merged:
+                probes, scores = self.bench.evaluate(merged)
+            score_seconds = time.perf_counter() - start - merge_seconds
+        result = MergeResult(method, params, inputs, {k: v.detach().cpu() for k, v in state.items()}, probes, scores,
+                             merge_seconds, score_seconds, device, alignments["music"] if alignments else None)
+        session = replace(session, merged=result) if record else session
+        return self._with_point(session, method, inputs, result.point())
+
+    def _with_point(self, session: LabSession, method: str, inputs: dict[str, str], point: dict) -> LabSession:
+        sources = tuple(sorted(inputs.items()))
+        old_sources, points = session.curves.get(method, (None, ()))
+        if old_sources != sources:
+            points = self._endpoints(method, inputs)
+        points = tuple(p for p in points if p["label"] != point["label"]) + (point,)
+        return replace(session, curves={**session.curves, method: (sources, points)})
+
+    def _endpoints(self, method: str, inputs: dict[str, str]) -> tuple[dict, ...]:
+        """For α methods, α=0 is the first input and α=1 the second (functionally, for permute)."""
+        if method not in ALPHA_METHODS:
+            return ()
+        first, second = list(inputs.values())
+        return tuple(tradeoff_point(method, {"alpha": a}, self.reference(key)[1]) for a, key in ((0.0, first), (1.0, second)))
+
+    def sweep(self, session: LabSession, sources: Mapping[str, str], method: str, *,
+              progress: Progress | None = None) -> LabSession:
+        """Fill `method`'s trade-off curve: α from 0.1 to 0.75, or λ pairs summing to 1 for task vectors."""
+        settings = sweep_settings(method)
+        for step, setting in enumerate(settings):
+            session = self.merge(session, sources, method, record=False, **setting)
+            if progress:
+                progress((step + 1) / len(settings), f"{method} {setting}")
+        return session
+
+    def reference_scores(self, session: LabSession) -> dict[str, dict[str, float]]:
+        """Accuracy per task of the merged encoder between its two non-base inputs, by role ("merged" between)."""
+        merged = session.merged
+        if merged is None:
+            return {}
+        first, second = [(role, key) for role, key in merged.sources.items() if role != "base"]
+        return {first[0]: self.reference(first[1])[1].accuracy, "merged": merged.scores.accuracy,
+                second[0]: self.reference(second[1])[1].accuracy}
+
+    # probing a clip
+
+    def probe_clip(self, session: LabSession, sources: Mapping[str, str], path: str | Path | None,
+                   method: str = "permute") -> ClipReport:
+        """Class probabilities per task of the merged encoder beside its two inputs, for an uploaded clip."""
+        if not path:
+            raise MergeError("no clip: upload or record one, or pick an example")
+        path = Path(path)
+        if path.is_file() and path.stat().st_size > self.config.max_upload_bytes:
+            raise MergeError(f"{path.name} is {path.stat().st_size / 2**20:.1f} MB; "
+                             f"the limit is {self.config.max_upload_bytes / 2**20:g} MB")
+        suite = self.bench.suite
+        clip, info = load_audio(path, suite.sample_rate, max_seconds=self.config.max_clip_seconds)
+        if len(clip) < suite.sample_rate // 10:
+            raise MergeError(f"{path.name}: {len(clip) / suite.sample_rate:.2f} s is too short (at least 0.1 s)")
+        merged = session.merged
+        inputs = merged.sources if merged else method_inputs(method, sources, self.registry.default)
+        first, second = [(role, key) for role, key in inputs.items() if role != "base"]
+        predictions = {}
+        with self._computing():
+            for role, key in (first, ("merged", None), second):
+                if key is None and merged is None:
+                    predictions[role] = None
+                    continue
+                if key is None:
+                    encoder, state, probes = self.registry.get(first[1]), merged.state, merged.probes
+                else:
+                    encoder = self.registry.get(key)
+                    state, probes = encoder.state_dict(), self.reference(key)[0]
+                with self.pool.hold(encoder, state, self.device, role) as running:
+                    predictions[role] = suite.predict(running, clip, suite.sample_rate, probes=probes)
+        return ClipReport((first, second), tuple(task.name for task in suite.tasks), predictions, info["name"],
+                          len(clip) / suite.sample_rate, tuple(info["warnings"]))
+
+    # export
+
+    def export(self, session: LabSession) -> Path:
+        """A zip of the merged encoder in transformers format with its merge_config.json."""
+        merged = session.merged
+        if merged is None:
+            raise MergeError("nothing to export yet: merge first (step 3)")
+        encoders = {role: self.registry.get(key) for role, key in merged.sources.items()}
+        first = encoders[next(iter(encoders))]
+        alignments = {"music": merged.alignment} if merged.alignment else None
+        record = merge_record(merged.method, encoders, merged.params, alignments)
+        record["probe_scores"] = {"note": self.bench.describe(), **merged.scores.as_row()}
+        folder = self.exports.new()
+        name = f"merged-{merged.method}"
+        try:
+            saved = save_encoder(folder / name, merged.state, first.config, sample_rate=first.sample_rate,
+                                 normalize=first.normalize, merge_config=record)
+            archive = zip_encoder_dir(saved, folder / f"{name}.zip")
+        except BaseException:
+            shutil.rmtree(folder, ignore_errors=True)
+            raise
+        shutil.rmtree(saved, ignore_errors=True)
+        self.exports.prune()
+        return archive
