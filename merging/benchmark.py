@@ -15,7 +15,7 @@ from .encoders import Encoder, encoder_from_state, load_encoder
 from .methods import METHODS
 from .pipeline import align, merge_encoders
 from .probes import ProbeScores, ProbeSuite
-from .stats import RESAMPLES
+from .stats import RESAMPLES, difference_interval
 
 MODELS_DIR = Path(__file__).resolve().parent.parent / "assets" / "models"
 MODEL_NAMES = {
@@ -190,7 +190,26 @@ def markdown_table(rows: Sequence[Row], seed: int = 0) -> str:
 def write_json(rows: Sequence[Row], path: str | Path, seed: int = 0) -> None:
     Path(path).write_text(json.dumps({"interval": "95 % percentile bootstrap over test clips, each task resampled "
                                                   f"independently, {RESAMPLES} resamples, seed {seed}",
+                                      "domains": rows[0].scores.domains if rows else {},
                                       "rows": [row.as_dict(seed) for row in rows]}, indent=2))
+
+
+def load_rows(path: str | Path) -> list[Row]:
+    """The rows of a `write_json` file, per-clip results included (for comparisons after the run)."""
+    data = json.loads(Path(path).read_text())
+    return [Row(entry["name"], entry["method"], entry["alpha"],
+                ProbeScores(entry["scores"], data["domains"],
+                            {task: tuple(c == "1" for c in hits) for task, hits in entry["correct"].items()}),
+                entry["params"]) for entry in data["rows"]]
+
+
+def difference(first: Row, second: Row, domain: str | None = None, seed: int = 0) -> tuple[float, tuple[float, float]]:
+    """first's average minus second's (of a domain, or overall) and its 95 % paired bootstrap interval:
+    both rows are scored on the same test clips, so the same resampled clips enter both averages."""
+    tasks = [t for t in first.scores.accuracy if domain is None or first.scores.domains[t] == domain]
+    interval = difference_interval({t: first.scores.correct[t] for t in tasks}, {t: second.scores.correct[t] for t in tasks},
+                                   seed=seed)
+    return first.scores.average(domain) - second.scores.average(domain), interval
 
 
 def write_sweep(rows: Sequence[Row], path: str | Path) -> tuple[Path, Path]:

@@ -3,11 +3,11 @@ import json
 import numpy as np
 import pytest
 
-from merging.benchmark import (ADDITION_GRID, DEFAULT_ALPHAS, LAMBDA_GRID, MODEL_NAMES, benchmark_rows, find_models,
-                               markdown_table, task_vector_methods, write_json, write_sweep)
+from merging.benchmark import (ADDITION_GRID, DEFAULT_ALPHAS, LAMBDA_GRID, MODEL_NAMES, benchmark_rows, difference,
+                               find_models, load_rows, markdown_table, task_vector_methods, write_json, write_sweep)
 from merging.calibration import synthetic_signals
 from merging.probes import ProbeSuite, ProbeTask
-from merging.stats import average_interval
+from merging.stats import average_interval, difference_interval
 from tiny import tiny_config, tiny_model
 from test_cli import save
 
@@ -49,6 +49,13 @@ def test_table_has_every_row_and_column_and_json_parses(models_dir, tmp_path):
     assert {"name", "method", "alpha", "params", "scores", "speech_avg", "music_avg", "avg"} <= set(data["rows"][0])
     assert data["rows"][5]["method"] == "linear" and data["rows"][5]["alpha"] == 0.5
     assert data["rows"][10]["params"] == {"lambda_speech": 0.5, "lambda_music": 0.5}
+    loaded = load_rows(tmp_path / "b.json")
+    assert [(r.name, r.params, r.scores) for r in loaded] == [(r.name, r.params, r.scores) for r in rows]
+    assert difference(loaded[3], loaded[0]) == (0.0, (0.0, 0.0))  # linear@0 against the speech encoder
+    gap, (low, high) = difference(loaded[1], loaded[2], "music")
+    assert gap == pytest.approx(loaded[1].scores.average("music") - loaded[2].scores.average("music"))
+    assert low <= gap <= high and (low, high) == difference_interval(
+        {"pitch_class": loaded[1].scores.correct["pitch_class"]}, {"pitch_class": loaded[2].scores.correct["pitch_class"]})
     json_path, html_path = write_sweep(rows, tmp_path / "sweep.json")
     curves = json.loads(json_path.read_text())
     assert [p["alpha"] for p in curves["permute"]] == [0.0, 0.1, 0.5] and html_path.stat().st_size > 1000
