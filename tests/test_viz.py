@@ -17,7 +17,7 @@ def test_heatmaps_show_the_permuted_matrix_after_on_one_scale():
 
 
 def test_large_heatmaps_are_block_averaged():
-    fig = correlation_heatmaps(np.ones((3072, 3072)), np.arange(3072), max_side=256)
+    fig = correlation_heatmaps(np.ones((3072, 3072)), np.arange(3072), zoom=None, max_side=256)
     assert np.asarray(fig.data[0].z).shape == (256, 256)
 
 

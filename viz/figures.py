@@ -22,24 +22,59 @@ def _downsample(matrix: np.ndarray, max_side: int) -> np.ndarray:
     return matrix[:rows, :cols].reshape(rows // step, step, cols // step, step).mean(axis=(1, 3))
 
 
-def correlation_heatmaps(similarity, perm, *, title: str = "", absolute: bool = False, max_side: int = 256) -> go.Figure:
-    """Cross-correlation (speech units x music units) before and after permuting the music units,
-    side by side on one colour scale: a bright diagonal after alignment means matched units."""
+def matched_order(similarity, perm, absolute: bool = False) -> np.ndarray:
+    """Speech units sorted by their matched correlation (to music unit perm[i]), strongest first."""
     matrix = np.asarray(similarity, dtype=np.float32)
-    after = matrix[:, np.asarray(perm)]
+    perm = np.asarray(perm)
+    score = matrix[np.arange(len(perm)), perm]
+    return np.argsort(-(np.abs(score) if absolute else score), kind="stable")
+
+
+def correlation_heatmaps(similarity, perm, *, title: str = "", absolute: bool = False, zoom: int | None = 48,
+                         max_side: int = 256) -> go.Figure:
+    """Cross-correlation of speech units (rows) with music units (columns), before and after permuting the
+    music units, on one colour scale. Rows are the speech units sorted by matched correlation, strongest
+    first; "after" puts each one's matched music unit in its column, so the diagonal lights up from the
+    top left; "before" puts the music unit with the same index there (the pairing a plain average uses).
+    `zoom` shows the first N rows and columns (None: all, block-averaged beyond `max_side` cells a side)."""
+    matrix = np.asarray(similarity, dtype=np.float32)
+    perm = np.asarray(perm)
+    order = matched_order(matrix, perm, absolute)
+    n = len(order) if zoom is None else max(1, min(int(zoom), len(order)))
+    rows = order[:n]
+    panels = {"before: music unit with the same index": rows, "after: matched music unit": perm[rows]}
+    shown = [matrix[np.ix_(rows, columns)] for columns in panels.values()]
     if absolute:
-        matrix, after = np.abs(matrix), np.abs(after)
-    zmin, zmax = (0.0, 1.0) if absolute else (-1.0, 1.0)
-    fig = make_subplots(rows=1, cols=2, subplot_titles=("before (identity order)", "after permutation"),
-                        horizontal_spacing=0.08)
-    for col, data in ((1, matrix), (2, after)):
-        fig.add_trace(go.Heatmap(z=_downsample(data, max_side), zmin=zmin, zmax=zmax, colorscale="RdBu_r" if not absolute else "Viridis",
-                                 showscale=col == 2, colorbar=dict(title="|corr|" if absolute else "corr"),
-                                 hovertemplate="speech %{y}<br>music %{x}<br>%{z:.2f}<extra></extra>"), row=1, col=col)
-        fig.update_yaxes(autorange="reversed", title_text="speech unit" if col == 1 else None, row=1, col=col)
-        fig.update_xaxes(title_text="music unit", row=1, col=col)
-    fig.update_layout(title=title, height=420, margin=dict(l=40, r=20, t=70, b=40))
+        shown = [np.abs(values) for values in shown]
+    # one colour scale for both panels, spanning the values shown (so a diagonal of 0.7 stands out against 0.4)
+    top = max(float(np.abs(values).max()) for values in shown) or 1.0
+    zmin, zmax = (0.0, top) if absolute else (-top, top)
+    fig = make_subplots(rows=1, cols=2, subplot_titles=list(panels), horizontal_spacing=0.08)
+    for col, (values, columns) in enumerate(zip(shown, panels.values()), start=1):
+        fig.add_trace(_heatmap(values, rows, columns, max_side, zmin, zmax, absolute, showscale=col == 2), row=1, col=col)
+        categorical = dict(type="category", showticklabels=n <= 64, tickfont=dict(size=8)) if n <= max_side else {}
+        fig.update_yaxes(autorange="reversed", title_text="speech unit, best matched first" if col == 1 else None,
+                         row=1, col=col, **categorical)
+        fig.update_xaxes(title_text="music unit in that row's place", row=1, col=col, **categorical)
+    shown_units = f"first {n} of {len(order)}" if n < len(order) else f"all {n}"
+    fig.update_layout(title=f"{title} · {shown_units} units" if title else shown_units, height=500,
+                      margin=dict(l=50, r=20, t=70, b=45))
     return fig
+
+
+def _heatmap(shown, rows, columns, max_side, zmin, zmax, absolute, showscale) -> go.Heatmap:
+    """Cell by cell, unit ids on the (categorical) axes and on hover, or block-averaged by rank when too large."""
+    common = dict(zmin=zmin, zmax=zmax, colorscale="Viridis" if absolute else "RdBu_r", showscale=showscale,
+                  colorbar=dict(title="|corr|" if absolute else "corr"))
+    value = "|correlation|" if absolute else "correlation"
+    if len(rows) <= max_side:
+        return go.Heatmap(z=shown, x=[str(c) for c in columns], y=[str(r) for r in rows], **common,
+                          hovertemplate=f"speech unit %{{y}} · music unit %{{x}}<br>{value} %{{z:.2f}}<extra></extra>")
+    step = int(np.ceil(len(rows) / max_side))
+    blocks = _downsample(shown, max_side)
+    ranks = np.arange(blocks.shape[0]) * step
+    return go.Heatmap(z=blocks, x=ranks, y=ranks, **common,
+                      hovertemplate=f"ranks %{{y}}+ × %{{x}}+ ({step}×{step} cells)<br>mean {value} %{{z:.2f}}<extra></extra>")
 
 
 def diagonal_by_layer(groups: Mapping[str, object]) -> go.Figure:
