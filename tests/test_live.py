@@ -163,3 +163,28 @@ def test_training_noise_is_measured_on_the_parents():
     assert set(parent.train_variance[1]) == {"band", "loudness", "chord"}
     assert all(v >= 0 and math.isfinite(v) for v in parent.train_variance[1].values())
     assert parent.stage[1] == score_subset(suite, live.subset(1), parent.take, iterations=live.quick_iterations)
+
+
+def test_probe_bars_draw_each_interval_and_test_clip_count():
+    from viz.figures import probe_bars
+
+    bars = probe_bars({"speech": {"keyword": 90.0, "pitch": 20.0}, "merged": {"keyword": 70.0, "pitch": 40.0}},
+                      {"keyword": "speech", "pitch": "music"},
+                      intervals={"merged": {"keyword": (60.0, 75.0), "pitch": (30.0, 52.0)}},
+                      test_clips={"merged": {"keyword": 43, "pitch": 33}})
+    merged = bars.data[1]
+    assert list(merged.error_y.array) == [5.0, 12.0] and list(merged.error_y.arrayminus) == [10.0, 10.0]
+    assert "n=43" in merged.text[0] and "n=33" in merged.text[1]
+    assert bars.data[0].error_y.array is None
+
+
+def test_the_tradeoff_curve_shows_both_methods_and_stars_the_merge_with_its_interval():
+    from viz.figures import tradeoff_curve
+
+    curves = {"linear": [{"alpha": 0.5, "speech_avg": 30, "music_avg": 36}],
+              "permute": [{"alpha": 0.5, "speech_avg": 44, "music_avg": 43}]}
+    fig = tradeoff_curve(curves, {"speech_avg": 50, "music_avg": 40, "speech_interval": (45, 58), "music_interval": (35, 41)})
+    assert [d.name for d in fig.data] == ["linear", "permute", "this merge"]
+    star = fig.data[-1]
+    assert list(star.error_y.array) == [8] and list(star.error_y.arrayminus) == [5]
+    assert list(star.error_x.array) == [1] and list(star.error_x.arrayminus) == [5]

@@ -109,24 +109,37 @@ def permutation_lines(perm, *, title: str = "permutation", max_lines: int = 256)
 
 
 def probe_bars(scores: Mapping[str, Mapping[str, float]], domains: Mapping[str, str],
-               colours: Mapping[str, str] | None = None) -> go.Figure:
+               colours: Mapping[str, str] | None = None, *,
+               intervals: Mapping[str, Mapping[str, Sequence[float]]] | None = None,
+               test_clips: Mapping[str, Mapping[str, int]] | None = None, title: str = "probe accuracy by task") -> go.Figure:
     """Probe accuracy per task for several encoders (e.g. speech, music, merged); `colours` by encoder name
-    (default: speech blue, music red, anything else green)."""
+    (default: speech blue, music red, anything else green). `intervals` ({encoder: {task: (low, high)}}) draws
+    95 % error bars; `test_clips` ({encoder: {task: n}}) writes each bar's test-clip count under its value."""
     colours = colours or {"speech": SPEECH, "music": MUSIC}
     tasks = list(domains)
-    fig = go.Figure([
-        go.Bar(name=name, x=[f"{t}<br>({domains[t]})" for t in tasks], y=[row.get(t) for t in tasks],
-               marker_color=colours.get(name, MERGED), text=[f"{row.get(t, 0):.0f}" for t in tasks], textposition="outside")
-        for name, row in scores.items()
-    ])
-    fig.update_layout(barmode="group", yaxis=dict(title="accuracy (%)", range=[0, 105]), title="probe accuracy by task",
+    fig = go.Figure()
+    for name, row in scores.items():
+        bounds = (intervals or {}).get(name, {})
+        counts = (test_clips or {}).get(name, {})
+        error = None
+        if bounds:
+            error = dict(type="data", symmetric=False, color="#333333", thickness=1.2, width=3,
+                         array=[bounds[t][1] - row[t] if t in bounds else 0 for t in tasks],
+                         arrayminus=[row[t] - bounds[t][0] if t in bounds else 0 for t in tasks])
+        text = [f"{row.get(t, 0):.0f}" + (f"<br>n={counts[t]}" if t in counts else "") for t in tasks]
+        fig.add_trace(go.Bar(name=name, x=[f"{t}<br>({domains[t]})" for t in tasks], y=[row.get(t) for t in tasks],
+                             marker_color=colours.get(name, MERGED), error_y=error, text=text, textposition="inside",
+                             insidetextanchor="start"))
+    fig.update_layout(barmode="group", yaxis=dict(title="accuracy (%)", range=[0, 105]), title=title,
                       height=380, margin=dict(l=40, r=20, t=50, b=60))
     return fig
 
 
-def tradeoff_curve(curves: Mapping[str, Sequence[Mapping[str, float]]], current: Mapping[str, float] | None = None) -> go.Figure:
-    """Speech average vs music average over alpha, one line per method; `current` marks this merge.
-    A point's text is its `label` when it has one, else its alpha."""
+def tradeoff_curve(curves: Mapping[str, Sequence[Mapping[str, float]]], current: Mapping[str, float] | None = None,
+                   *, title: str = "speech vs music trade-off over α") -> go.Figure:
+    """Speech average vs music average over alpha, one line per method (the paper's picture: linear and
+    permute together); `current` stars this merge, with error bars when it has `speech_interval` and
+    `music_interval` ((low, high) each). A point's text is its `label` when it has one, else its alpha."""
     fig = go.Figure()
     for method, points in curves.items():
         fig.add_trace(go.Scatter(
@@ -134,8 +147,15 @@ def tradeoff_curve(curves: Mapping[str, Sequence[Mapping[str, float]]], current:
             name=method, text=[p.get("label") or f"α={p['alpha']:g}" for p in points], textposition="top center",
         ))
     if current:
-        fig.add_trace(go.Scatter(x=[current["music_avg"]], y=[current["speech_avg"]], mode="markers", name="this merge",
-                                 marker=dict(symbol="star", size=16, color="black")))
-    fig.update_layout(title="speech vs music trade-off over α", xaxis_title="music probe average (%)",
+        x, y = current["music_avg"], current["speech_avg"]
+        bars = {}
+        for axis, key, value in (("error_x", "music_interval", x), ("error_y", "speech_interval", y)):
+            if current.get(key):
+                low, high = current[key]
+                bars[axis] = dict(type="data", symmetric=False, array=[high - value], arrayminus=[value - low],
+                                  color="black", thickness=1.2)
+        fig.add_trace(go.Scatter(x=[x], y=[y], mode="markers", name=current.get("name", "this merge"),
+                                 marker=dict(symbol="star", size=16, color="black"), **bars))
+    fig.update_layout(title=title, xaxis_title="music probe average (%)",
                       yaxis_title="speech probe average (%)", height=420, margin=dict(l=50, r=20, t=50, b=50))
     return fig
