@@ -6,15 +6,16 @@ floating point are copied from the first input. `alpha` is the weight on the mus
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Protocol
 
 import torch
 
 from .registry import (METHODS, MergeMethod, Param, all_params, get_method, merge, method_arguments,  # noqa: F401
-                       register)
+                       register, shared_range)
 from .state import MergeError, StateDict, check_finite, check_same_keys
 
 # ---- parameters, declared once -----------------------------------------------------------------
@@ -148,16 +149,19 @@ def linear_into(
 ) -> StateDict:
     """`linear` written into the preallocated `out` (same keys, shapes, dtypes and device as `speech`),
     which is returned. On MergeError the contents of `out` are unspecified; the inputs are untouched."""
-    labels = ("speech", "music")
-    weights = _lerp_weights(speech, music, alpha, layer_alphas, labels)
-    check_same_keys({"speech": speech, "out": out})
-    for name, tensor in speech.items():
+    return _lerp_into(out, speech, music, alpha, layer_alphas, ("speech", "music"))
+
+
+def _lerp_into(out: StateDict, first: StateDict, second: StateDict, alpha, layer_alphas, labels: tuple[str, str]) -> StateDict:
+    weights = _lerp_weights(first, second, alpha, layer_alphas, labels)
+    check_same_keys({labels[0]: first, "out": out})
+    for name, tensor in first.items():
         if (out[name].dtype, out[name].device) != (tensor.dtype, tensor.device):
             raise MergeError(
                 f"output buffer '{name}' is {out[name].dtype} on {out[name].device}, "
-                f"but speech is {tensor.dtype} on {tensor.device}"
+                f"but {labels[0]} is {tensor.dtype} on {tensor.device}"
             )
-    return _lerp_states(speech, music, weights, labels, out)
+    return _lerp_states(first, second, weights, labels, out)
 
 
 class Aligner(Protocol):
@@ -214,22 +218,31 @@ def task_arithmetic(
             for name in base}
 
 
+def _kth_largest(magnitudes: torch.Tensor, count: int) -> torch.Tensor:
+    """The `count`-th largest entry of a flat tensor of magnitudes."""
+    rank = magnitudes.numel() - count  # ascending, from 0
+    # kthvalue is ~50x slower than a sort on GPUs, a sort ~6x slower than kthvalue on CPUs
+    return magnitudes.sort().values[rank] if magnitudes.is_cuda else magnitudes.kthvalue(rank + 1).values
+
+
 def _trim(tensor: torch.Tensor, density: float) -> torch.Tensor:
     """Zero all but the round(density·n) entries largest in magnitude (ties at the threshold are all kept)."""
     if density >= 1 or tensor.numel() == 0:
         return tensor
     magnitude = tensor.abs()
-    rank = tensor.numel() - max(1, round(density * tensor.numel()))  # of the threshold, ascending from 0
-    flat = magnitude.flatten()
-    # kthvalue is ~50x slower than a sort on GPUs, a sort ~6x slower than kthvalue on CPUs
-    threshold = flat.sort().values[rank] if flat.is_cuda else flat.kthvalue(rank + 1).values
-    return tensor * (magnitude >= threshold)
+    return tensor * (magnitude >= _kth_largest(magnitude.flatten(), max(1, round(density * tensor.numel()))))
 
 
 def _elected_agreement(parts: torch.Tensor) -> torch.Tensor:
     """Per entry, which of the stacked `parts` are non-zero with the sign of their sum (a zero sum counts as +)."""
     elected = torch.where(parts.sum(0) >= 0, 1, -1).to(parts.dtype)
     return parts.sign() == elected
+
+
+def _disjoint_mean(parts: torch.Tensor) -> torch.Tensor:
+    """Mean over the stacked `parts` that are non-zero and agree with the elected sign (0 where none do)."""
+    agree = _elected_agreement(parts)
+    return (parts * agree).sum(0) / agree.sum(0).clamp_min(1)
 
 
 def _task_vector_merge(base: StateDict, models: dict[str, StateDict], merge_tensor) -> StateDict:
@@ -245,25 +258,68 @@ def _task_vector_merge(base: StateDict, models: dict[str, StateDict], merge_tens
     return out
 
 
-@register("ties", "TIES: trim task vectors to their top entries, elect signs, disjoint weighted mean",
-          params=(*lambdas(1.0, low=0), DENSITY), paper="TIES-Merging (Yadav et al. 2023, arXiv 2306.01708)")
-def ties(base: StateDict, speech: StateDict, music: StateDict, *, lambda_speech: float, lambda_music: float,
-         density: float) -> StateDict:
-    """TIES-merging (mergekit's normalised form). Per tensor, each task vector τ = model − base keeps its
-    round(density·n) largest-magnitude entries; the sign of Σ λ·τ elects a sign per entry; the merged
-    delta is Σ λ·τ / Σ λ over the models that are non-zero there and agree with it (0 where none).
-    The λs therefore act as relative weights: (1, 1) and (2, 2) give the same result."""
-    lambdas = (lambda_speech, lambda_music)
-    _check_inputs({"base": base, "speech": speech, "music": music})
+def _task_vector_threshold(base: StateDict, model: StateDict, density: float) -> float:
+    """The magnitude of the round(density·n)-th largest entry of model − base over all its n floating
+    entries flattened together (the whole task vector), from one flat vector of magnitudes."""
+    names = [name for name, tensor in base.items() if tensor.is_floating_point() and tensor.numel()]
+    if density >= 1 or not names:
+        return 0.0
+    dtype = functools.reduce(torch.promote_types, (_compute_dtype(base[name].dtype) for name in names))
+    magnitudes = torch.empty(sum(base[name].numel() for name in names), dtype=dtype, device=base[names[0]].device)
+    start = 0
+    for name in names:  # filled tensor by tensor: no second flat copy
+        part = magnitudes[start:start + base[name].numel()]
+        torch.sub(model[name].flatten().to(part), base[name].flatten().to(part), out=part).abs_()
+        start += part.numel()
+    return _kth_largest(magnitudes, max(1, round(density * magnitudes.numel()))).item()
+
+
+def _weight_column(lambdas: Sequence[float], like: torch.Tensor) -> torch.Tensor:
+    """The λs as a tensor that multiplies a stack of `like`-shaped parts, one λ per part."""
+    return torch.tensor(lambdas, dtype=like.dtype, device=like.device).view(-1, *[1] * like.ndim)
+
+
+def _normalised_ties(lambdas: Sequence[float], density: float):
+    """mergekit's TIES: each tensor trimmed on its own, then Σ λ·τ / Σ λ over the agreeing models."""
 
     def merge_tensor(_name, deltas):
-        weights = torch.tensor(lambdas, dtype=deltas[0].dtype, device=deltas[0].device).view(-1, *[1] * deltas[0].ndim)
+        weights = _weight_column(lambdas, deltas[0])
         weighted = torch.stack([_trim(d, density) for d in deltas]) * weights
         agree = _elected_agreement(weighted)
         divisor = (weights * agree).sum(0)
         return (weighted * agree).sum(0) / divisor.masked_fill(divisor == 0, 1)
 
-    return _task_vector_merge(base, {"speech": speech, "music": music}, merge_tensor)
+    return merge_tensor
+
+
+TRIM = Param("trim", "task_vector", "what density is a fraction of: 'task_vector' (each task vector as a whole, as the "
+             "paper) or 'per_tensor' (each tensor, with mergekit's Σλτ/Σλ mean)", "trim",
+             kind="choice", choices=("task_vector", "per_tensor"))
+
+
+@register("ties", "TIES: trim each task vector to its top entries, elect signs by mass, disjoint mean, scaled by λ",
+          params=(*lambdas(1.0, low=0), DENSITY, TRIM), paper="TIES-Merging (Yadav et al. 2023, arXiv 2306.01708)")
+def ties(base: StateDict, speech: StateDict, music: StateDict, *, lambda_speech: float, lambda_music: float,
+         density: float, trim: str) -> StateDict:
+    """TIES-merging as its paper and official code define it. Each task vector τ = model − base keeps its
+    round(density·n) largest-magnitude entries over all its n floating entries together (not per tensor);
+    per entry, the sign of Σ λ·τ̂ is elected (a zero sum counts as +), and the merged delta is the mean
+    of λ·τ̂ over the models that are non-zero there and agree (0 where none do): θ = base + that, so
+    λ = (1, 1) is the paper's λ = 1 and (2, 2) doubles the delta.
+
+    trim="per_tensor" is mergekit's variant: each tensor trimmed on its own, and the merged delta
+    Σ λ·τ̂ / Σ λ over the agreeing models, so the λs are only relative weights ((2, 2) equals (1, 1))."""
+    lambdas_ = (lambda_speech, lambda_music)
+    _check_inputs({"base": base, "speech": speech, "music": music})
+    models = {"speech": speech, "music": music}
+    if trim == "per_tensor":
+        return _task_vector_merge(base, models, _normalised_ties(lambdas_, density))
+    thresholds = [_task_vector_threshold(base, model, density) for model in models.values()]
+
+    def merge_tensor(_name, deltas):
+        return _disjoint_mean(torch.stack([w * d * (d.abs() >= t) for d, w, t in zip(deltas, lambdas_, thresholds)]))
+
+    return _task_vector_merge(base, models, merge_tensor)
 
 
 def _tensor_seed(seed: int, role: str, name: str) -> int:
@@ -274,79 +330,101 @@ def _tensor_seed(seed: int, role: str, name: str) -> int:
 DROP = Param("drop", 0.9, "probability that a task-vector entry is dropped (survivors are scaled by 1/(1 − drop))",
              "drop", low=0, high=1, high_open=True)
 SEED = Param("seed", 0, "seed of the random drop masks", "seed", kind="int")
+COMBINE = Param("combine", "task_arithmetic", "how the rescaled task vectors combine: 'task_arithmetic' (their λ-weighted "
+                "sum) or 'ties' (sign election and disjoint mean: DARE-TIES)", "combine",
+                kind="choice", choices=("task_arithmetic", "ties"))
 
 
-@register("dare", "DARE: drop task-vector entries at random, rescale survivors, then task arithmetic",
-          params=(*lambdas(0.5), DROP, SEED), paper="DARE (Yu et al. 2023, arXiv 2311.03099)")
+@register("dare", "DARE: drop task-vector entries at random, rescale survivors, then task arithmetic (or TIES's "
+          "sign election and disjoint mean)", params=(*lambdas(0.5), DROP, SEED, COMBINE),
+          paper="DARE (Yu et al. 2023, arXiv 2311.03099)")
 def dare(base: StateDict, speech: StateDict, music: StateDict, *, lambda_speech: float, lambda_music: float,
-         drop: float, seed: int) -> StateDict:
+         drop: float, seed: int, combine: str) -> StateDict:
     """DARE: each entry of τ = model − base is dropped with probability `drop` and survivors are scaled
-    by 1/(1 − drop); then base + λs·τ̂s + λm·τ̂m. The masks come from a CPU generator seeded by (seed,
-    role, tensor name), so a seed gives the same merge on every device. drop=0 is task_arithmetic."""
-    lambdas = (lambda_speech, lambda_music)
-    if drop == 0:
+    by 1/(1 − drop), giving τ̃; then base + λs·τ̃s + λm·τ̃m, or with combine="ties" (DARE-TIES) base +
+    the disjoint mean of the λ·τ̃ that agree with the elected sign of Σ λ·τ̃. The masks come from a CPU
+    generator seeded by (seed, role, tensor name), so a seed gives the same merge on every device.
+    drop=0 is task_arithmetic (or TIES without trimming)."""
+    lambdas_ = (lambda_speech, lambda_music)
+    if drop == 0 and combine == "task_arithmetic":
         return task_arithmetic(base, speech, music, lambda_speech=lambda_speech, lambda_music=lambda_music)
     _check_inputs({"base": base, "speech": speech, "music": music})
 
     def merge_tensor(name, deltas):
-        merged = torch.zeros_like(deltas[0])
-        for role, delta, weight in zip(("speech", "music"), deltas, lambdas):
+        parts = []
+        for role, delta, weight in zip(("speech", "music"), deltas, lambdas_):
             generator = torch.Generator().manual_seed(_tensor_seed(seed, role, name))
             keep = torch.rand(delta.shape, generator=generator) >= drop
-            merged.add_(delta * keep.to(delta.device), alpha=weight / (1 - drop))
-        return merged
+            parts.append(delta * keep.to(delta.device) * (weight / (1 - drop)))
+        return torch.stack(parts).sum(0) if combine == "task_arithmetic" else _disjoint_mean(torch.stack(parts))
 
     return _task_vector_merge(base, {"speech": speech, "music": music}, merge_tensor)
 
 
-def _drm_matrix(deltas: list[torch.Tensor], lambdas: tuple[float, float], density: float, rank_tol: float) -> torch.Tensor:
-    """Merged delta of one weight (conv weights as (out, rest)) in the joint right-singular space."""
+def _drm_horizontal(deltas: list[torch.Tensor], lambdas: Sequence[float], density: float, rank_tol: float,
+                    joint: bool) -> torch.Tensor:
+    """Merged delta of (out, in) matrices Δ_i in the right-singular space of [Δ_1 … Δ_N]."""
+    width = deltas[0].shape[1]
+    U, S, Vh = torch.linalg.svd(torch.cat(deltas, dim=1), full_matrices=False)
+    kept = S > rank_tol * S[0]
+    U, S, Vh = U[:, kept], S[kept], Vh[kept]
+    bases, scales = [], []
+    for i in range(len(deltas)):
+        v = Vh[:, i * width:(i + 1) * width]
+        norms = v.norm(dim=1, keepdim=True)  # renormalise each row, moving its norm into the singular value
+        bases.append(v / norms.clamp_min(torch.finfo(v.dtype).tiny))
+        scales.append(S[:, None] * norms)
+    bases = torch.stack(bases)
+    bases = _trim(bases, density) if joint else torch.stack([_trim(b, density) for b in bases])
+    parts = _weight_column(lambdas, bases[0]) * torch.stack(scales) * bases
+    return U @ _disjoint_mean(parts)
+
+
+def _drm_matrix(deltas: list[torch.Tensor], lambdas: Sequence[float], density: float, rank_tol: float,
+                variant: str, joint: bool) -> torch.Tensor:
+    """DRM of one weight viewed as (out, rest); the vertical variant is the horizontal one of the transposes."""
     shape = deltas[0].shape
     active = [(d.reshape(shape[0], -1), w) for d, w in zip(deltas, lambdas) if w != 0 and bool(d.any())]
     if not active:  # an all-zero task vector would otherwise enter the mean as renormalised rounding noise
         return torch.zeros_like(deltas[0])
-    width = active[0][0].shape[1]
-    U, S, Vh = torch.linalg.svd(torch.cat([d for d, _ in active], dim=1), full_matrices=False)
-    kept = S > rank_tol * S[0]
-    U, S, Vh = U[:, kept], S[kept], Vh[kept]
-    parts = []
-    for i, (_, weight) in enumerate(active):
-        v = Vh[:, i * width:(i + 1) * width]
-        norms = v.norm(dim=1, keepdim=True)  # renormalise each row, moving its norm into the singular value
-        unit = _trim(v / norms.clamp_min(torch.finfo(v.dtype).tiny), density)
-        parts.append(weight * (S[:, None] * norms) * unit)
-    return (U @ _disjoint_mean(torch.stack(parts))).reshape(shape)
-
-
-def _disjoint_mean(parts: torch.Tensor) -> torch.Tensor:
-    """Mean over the stacked `parts` that are non-zero and agree with the elected sign (0 where none do)."""
-    agree = _elected_agreement(parts)
-    return (parts * agree).sum(0) / agree.sum(0).clamp_min(1)
+    matrices, weights = [d for d, _ in active], [w for _, w in active]
+    if variant == "vertical":
+        return _drm_horizontal([m.T for m in matrices], weights, density, rank_tol, joint).T.reshape(shape)
+    return _drm_horizontal(matrices, weights, density, rank_tol, joint).reshape(shape)
 
 
 RANK_TOL = Param("rank_tol", 0.01, "joint singular components below rank_tol × the largest are dropped", "rank tolerance",
                  low=0, high=1, high_open=True)
+VARIANT = Param("variant", "horizontal", "'horizontal' (deltas side by side: shared left singular vectors, the right "
+                "ones pruned) or 'vertical' (stacked: shared right singular vectors, the left ones pruned)", "variant",
+                kind="choice", choices=("horizontal", "vertical"))
+PRUNE = Param("prune", "joint", "'joint' (one top-density cut over all models' renormalised entries, as the authors) "
+              "or 'per_model' (each model's own cut)", "prune", kind="choice", choices=("joint", "per_model"))
+CONV = Param("conv", "elementwise", "conv kernels: 'elementwise' (sign election and disjoint mean, as the authors) or "
+             "'drm' (each kernel viewed as out × rest)", "conv kernels", kind="choice", choices=("elementwise", "drm"))
 
 
 @register("drm", "Decom-Renorm-Merge: sign-elected disjoint merge of task vectors in their joint SVD space",
-          params=(*lambdas(1.0), DENSITY, RANK_TOL), paper="Decom-Renorm-Merge (arXiv 2505.23117)")
+          params=(*lambdas(1.0), DENSITY, RANK_TOL, VARIANT, PRUNE, CONV), paper="Decom-Renorm-Merge (arXiv 2505.23117)")
 def drm(base: StateDict, speech: StateDict, music: StateDict, *, lambda_speech: float, lambda_music: float,
-        density: float, rank_tol: float) -> StateDict:
-    """Decom-Renorm-Merge (arXiv 2505.23117, horizontal variant). For each weight with ≥ 2 dims, viewed as
-    (out, rest), with deltas Δ_i: [Δ_s Δ_m] = U·S·Vᵀ keeping S > rank_tol·S_max; Vᵀ splits into V_iᵀ, whose
-    rows are renormalised to unit norm (the norm moves into S_i); each V̂_iᵀ keeps its top `density`
-    fraction of entries (as in the authors' code and DESIGN.md: the pruning acts on the renormalised
-    basis, where entries are comparable); M_i = λ_i·diag(S_i)·V̂_iᵀ; signs are elected per entry, and
-    the mean over the agreeing non-zero M_i gives M; Δ = U·M. Other tensors (biases, norms,
-    masked_spec_embed) use the same sign election and disjoint mean of λ_i·Δ_i, untrimmed (the
-    authors' default for them). A model with λ=0 or an all-zero delta is left out of the tensor's merge."""
-    lambdas = (lambda_speech, lambda_music)
+        density: float, rank_tol: float, variant: str, prune: str, conv: str) -> StateDict:
+    """Decom-Renorm-Merge as its authors apply it. For each 2-D weight with deltas Δ_i (horizontal):
+    [Δ_s Δ_m] = U·S·Vᵀ keeping S > rank_tol·S_max; Vᵀ splits into V_iᵀ, whose rows are renormalised to
+    unit norm (the norm moves into S_i); the renormalised entries of all models together keep their top
+    `density` fraction (prune="per_model": each model's own); M_i = λ_i·diag(S_i)·V̂_iᵀ; signs are
+    elected per entry and the mean over the agreeing non-zero M_i gives M; Δ = U·M. The vertical variant
+    stacks the Δ_i and prunes the renormalised columns of the U_i instead. Every other tensor (conv
+    kernels, the positional conv and its weight-norm parts, biases, norms, masked_spec_embed) and any
+    tensor of one row: sign election and disjoint mean of λ_i·Δ_i, untrimmed; conv="drm" puts conv
+    kernels through the DRM path too. A model with λ=0 or an all-zero delta is left out of a weight's SVD."""
+    lambdas_ = (lambda_speech, lambda_music)
     _check_inputs({"base": base, "speech": speech, "music": music})
 
     def merge_tensor(_name, deltas):
-        if deltas[0].ndim >= 2:
-            return _drm_matrix(deltas, lambdas, density, rank_tol)
-        return _disjoint_mean(torch.stack([w * d for d, w in zip(deltas, lambdas)]))
+        shape = deltas[0].shape
+        if (len(shape) == 2 or (conv == "drm" and len(shape) > 2)) and shape[0] > 1:
+            return _drm_matrix(deltas, lambdas_, density, rank_tol, variant, prune == "joint")
+        return _disjoint_mean(torch.stack([w * d for d, w in zip(deltas, lambdas_)]))
 
     return _task_vector_merge(base, {"speech": speech, "music": music}, merge_tensor)
 
@@ -364,3 +442,21 @@ def speech_ft(pretrained: StateDict, finetuned: StateDict, *, alpha: float) -> S
     labels = ("pretrained", "finetuned")
     weights = _lerp_weights(pretrained, finetuned, alpha, None, labels)
     return _lerp_states(pretrained, finetuned, weights, labels)
+
+
+# ---- into preallocated weights -------------------------------------------------------------------
+
+def permute_into(out: StateDict, speech: StateDict, music: StateDict, *, alignment: Aligner, alpha: float,
+                 layer_alphas: Sequence[float] | None = None) -> StateDict:
+    """`permute` written into `out` (see `linear_into`). A caller that keeps the re-ordered music weights
+    passes an `alignment` whose `apply` returns them: a repeated merge then costs what `linear_into` costs."""
+    return linear_into(out, speech, alignment.apply(music), alpha=alpha, layer_alphas=layer_alphas)
+
+
+def speech_ft_into(out: StateDict, pretrained: StateDict, finetuned: StateDict, *, alpha: float) -> StateDict:
+    """`speech_ft` written into `out` (see `linear_into`)."""
+    return _lerp_into(out, pretrained, finetuned, FT_ALPHA.check(alpha), None, ("pretrained", "finetuned"))
+
+
+# The methods that can write into preallocated weights (a reusable model's parameters), by name.
+INTO: dict[str, Callable[..., StateDict]] = {"linear": linear_into, "permute": permute_into, "speech_ft": speech_ft_into}

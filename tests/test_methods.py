@@ -176,28 +176,36 @@ def vectors(base, *deltas):
 
 def test_ties_hand_computed_trim_elect_disjoint_mean():
     base = torch.arange(6.0)
-    # density 0.5 keeps 3 of 6 entries of each task vector:
+    # density 0.5 keeps 3 of 6 entries of each task vector (one tensor: the whole vector):
     #   τs = [3, -.1, .2, 2, -4, .3] -> [3, 0, 0, 2, -4, 0];  τm = [1, 2, -.5, -3, .1, .2] -> [1, 2, 0, -3, 0, 0]
-    # with λ = (1, 2): weighted sums [5, 4, 0, -4, -4, 0] elect signs + + + - - +
-    #   entry 0: both agree -> (3 + 2·1)/(1 + 2);  entry 1: music only -> 2·2/2;  entry 2: both trimmed -> 0
-    #   entry 3: speech (+2) disagrees, music agrees -> 2·(-3)/2;  entry 4: speech only -> -4
+    # with λ = (1, 2): λ·τ̂ sums [5, 4, 0, -4, -4, 0] elect signs + + + - - +
+    #   entry 0: both agree -> (3 + 2·1)/2;  entry 1: music only -> 2·2;  entry 2: both trimmed -> 0
+    #   entry 3: speech (+2) disagrees, music agrees -> 2·(-3);  entry 4: speech only -> -4
     inputs = vectors(base, [3, -0.1, 0.2, 2, -4, 0.3], [1, 2, -0.5, -3, 0.1, 0.2])
     merged = ties(*inputs, lambda_speech=1, lambda_music=2, density=0.5)
-    torch.testing.assert_close(merged["w"] - base, torch.tensor([5 / 3, 2, 0, -3, -4, 0]))
-    scaled = ties(*inputs, lambda_speech=0.5, lambda_music=1, density=0.5)  # λs are relative weights
-    torch.testing.assert_close(scaled["w"], merged["w"])
+    torch.testing.assert_close(merged["w"] - base, torch.tensor([2.5, 4, 0, -6, -4, 0]))
     untrimmed = ties(*inputs, lambda_speech=1, lambda_music=1, density=1)
     # sums [4, 1.9, -.3, -1, -3.9, .5] elect + + - - - +: only entries 0 and 5 have two agreeing models
     torch.testing.assert_close(untrimmed["w"] - base, torch.tensor([2, 2, -0.5, -3, -4, 0.25]))
+    # mergekit's form: Σ λ·τ̂ / Σ λ over the agreeing models, so the λs are relative weights
+    normalised = ties(*inputs, lambda_speech=1, lambda_music=2, density=0.5, trim="per_tensor")
+    torch.testing.assert_close(normalised["w"] - base, torch.tensor([5 / 3, 2, 0, -3, -4, 0]))
+    halved = ties(*inputs, lambda_speech=0.5, lambda_music=1, density=0.5, trim="per_tensor")
+    torch.testing.assert_close(halved["w"], normalised["w"])
 
 
 def test_ties_of_identical_task_vectors_is_that_model_and_of_no_change_is_the_base(models):
     base, speech = models["base"], models["speech"]
     assert_close(ties(base, speech, speech, density=1.0), speech)
     assert_same(ties(base, base, base), base)
-    kept = ties(base, speech, base, density=0.2)["encoder.layers.0.feed_forward.intermediate_dense.weight"]
-    changed = kept != base["encoder.layers.0.feed_forward.intermediate_dense.weight"]
-    assert abs(changed.float().mean().item() - 0.2) < 0.01
+    floating = [name for name in base if base[name].is_floating_point()]
+    for trim in ("task_vector", "per_tensor"):
+        merged = ties(base, speech, base, density=0.2, trim=trim)
+        changed = {name: (merged[name] != base[name]).float() for name in floating}
+        overall = sum(c.sum() for c in changed.values()) / sum(c.numel() for c in changed.values())
+        assert abs(overall.item() - 0.2) < 0.01, trim
+        if trim == "per_tensor":  # every tensor on its own
+            assert abs(changed["encoder.layers.0.feed_forward.intermediate_dense.weight"].mean().item() - 0.2) < 0.01
 
 
 # ---- dare ---------------------------------------------------------------------------------------

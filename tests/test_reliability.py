@@ -243,6 +243,7 @@ def random_merge_settings(method: str, rng: np.random.Generator, spec) -> tuple[
         "drop": lambda: float(rng.uniform(0, 0.99)),
         "seed": lambda: int(rng.integers(0, 2**31)),
         "rank_tol": lambda: float(rng.uniform(0, 0.5)),
+        **{name: (lambda values=values: str(rng.choice(values))) for name, values in CHOICES.items()},
     }
     params = {name: draw[name]() for name in METHODS[method].parameters if name in draw}
     components = tuple(c for c in COMPONENTS if rng.uniform() < 0.5) or ("ffn",)
@@ -276,11 +277,15 @@ VALID = {
     "alpha": (0, 1, True, True), "lambda": (-1, 2, True, True), "ties lambda": (0, 2, True, True),
     "density": (0, 1, False, True), "drop": (0, 1, True, False), "rank_tol": (0, 1, True, False),
 }
+CHOICES = {"trim": ("task_vector", "per_tensor"), "combine": ("task_arithmetic", "ties"),
+           "variant": ("horizontal", "vertical"), "prune": ("joint", "per_model"), "conv": ("elementwise", "drm")}
 ANY_NUMBER = st.one_of(st.floats(-3, 3), st.sampled_from([0.0, 1.0, -1.0, 2.0, math.nan, math.inf, -math.inf, 1e308]),
                        st.integers(-3, 3), st.booleans(), st.text(max_size=3), st.none())
 
 
 def is_valid(method: str, name: str, value) -> bool:
+    if name in CHOICES:
+        return isinstance(value, str) and value in CHOICES[name]
     if name == "seed":
         return isinstance(value, int)  # bools are ints, and a fine seed
     if name == "layer_alphas":
@@ -310,7 +315,8 @@ def merge_settings(draw) -> tuple[str, dict]:
         elif name == "seed":
             params[name] = draw(st.one_of(st.integers(-2**40, 2**40), st.floats(-3, 3)))
         else:
-            params[name] = draw(ANY_NUMBER)
+            params[name] = draw(st.one_of(st.sampled_from(CHOICES[name] + ("other",)), ANY_NUMBER)) if name in CHOICES \
+                else draw(ANY_NUMBER)
     return method, params
 
 
