@@ -20,6 +20,13 @@ def students():
     return {"base": base, "speech": speech, "music": music}
 
 
+def sign_elected_mean(parts):
+    """Per entry: the sign of the parts' sum is elected (+ for a zero sum); the mean of the agreeing parts."""
+    elected = torch.where(parts.sum(0) >= 0, 1.0, -1.0)
+    agreeing = parts * (parts.sign() == elected)
+    return agreeing.sum(0) / (agreeing != 0).sum(0).clamp(min=1)
+
+
 # ---- TIES ---------------------------------------------------------------------------------------
 
 def test_ties_hand_case_trims_each_task_vector_as_a_whole():
@@ -106,10 +113,7 @@ def test_dare_ties_is_sign_election_and_disjoint_mean_of_the_rescaled_task_vecto
     # the same seed draws the same masks for a role and tensor, so λ=(1,0) and (0,1) give each τ̃ alone
     tilde_s = dare(base, speech, music, lambda_speech=1, lambda_music=0, drop=0.6, seed=7)["w"] - base["w"]
     tilde_m = dare(base, speech, music, lambda_speech=0, lambda_music=1, drop=0.6, seed=7)["w"] - base["w"]
-    parts = torch.stack([0.8 * tilde_s, 1.5 * tilde_m])
-    elected = torch.where(parts.sum(0) >= 0, 1.0, -1.0)
-    agreeing = parts * (parts.sign() == elected)
-    expected = agreeing.sum(0) / (agreeing != 0).sum(0).clamp(min=1)
+    expected = sign_elected_mean(torch.stack([0.8 * tilde_s, 1.5 * tilde_m]))
     merged = dare(base, speech, music, lambda_speech=0.8, lambda_music=1.5, drop=0.6, seed=7, combine="ties")
     torch.testing.assert_close(merged["w"] - base["w"], expected)
     both = (tilde_s != 0) & (tilde_m != 0) & (tilde_s.sign() == tilde_m.sign())
@@ -191,11 +195,7 @@ def test_drm_merges_conv_kernels_one_row_tensors_and_vectors_untrimmed():
     speech, music = ({name: torch.randn(shape, generator=g) for name, shape in shapes.items()} for _ in range(2))
     merged = drm(base, speech, music, density=0.2, lambda_speech=1.5)
     for name in shapes:
-        parts = torch.stack([1.5 * speech[name], music[name]])
-        elected = torch.where(parts.sum(0) >= 0, 1.0, -1.0)
-        agreeing = parts * (parts.sign() == elected)
-        expected = agreeing.sum(0) / (agreeing != 0).sum(0).clamp(min=1)
-        torch.testing.assert_close(merged[name], expected, msg=name)
+        torch.testing.assert_close(merged[name], sign_elected_mean(torch.stack([1.5 * speech[name], music[name]])), msg=name)
         assert (merged[name] != 0).all(), name  # every tap kept: nothing trimmed
     as_drm = drm(base, speech, music, density=0.2, conv="drm")  # the option: kernels viewed as out × rest
     reference = authors_drm([speech["conv.weight"].reshape(6, -1), music["conv.weight"].reshape(6, -1)], 0.2)
