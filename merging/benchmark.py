@@ -152,14 +152,16 @@ def benchmark_rows(
     if all(role in enc for role in students.values()):
         trio = {key: enc[role] for key, role in students.items()}
         validation = suite.validation()
-        chosen = [(method, f"{method}@", lambdas or choose_lambdas(validation, method, trio, LAMBDA_GRID, seed, log))
-                  for method in task_vector_methods()]
-        if lambdas is None and "task_arithmetic" in METHODS:
-            chosen.append(("task_arithmetic", "task_addition@", choose_lambdas(
-                validation, "task_arithmetic", trio, ADDITION_GRID, seed, log, label="task addition (λs = λm)")))
-        for method, prefix, (ls, lm) in chosen:
+        settings = []
+        for method in task_vector_methods():
+            settings.append((method, method, LAMBDA_GRID, method))
+            if method == "task_arithmetic" and lambdas is None:  # right after it: its 0.5/0.5 merge is still cached
+                settings.append((method, "task_addition", ADDITION_GRID, "task addition (λs = λm)"))
+        for method, name, grid, label in settings:
+            # choose, then score at once: the chosen merge's features are still in the suite's cache
+            ls, lm = lambdas or choose_lambdas(validation, method, trio, grid, seed, log, label=label)
             params = _lambda_params(method, (ls, lm), seed)
-            add(f"{prefix}{ls:g}/{lm:g}", method, None, _merged(method, trio, **params), params)
+            add(f"{name}@{ls:g}/{lm:g}", method, None, _merged(method, trio, **params), params)
     else:
         log("  (students missing: task-vector rows are skipped)")
     if "student_multi" in enc:
