@@ -92,10 +92,10 @@ def toasts(fn):
         except gr.Error:
             raise
         except MergeError as error:
-            raise gr.Error(str(error), print_exception=False) from None
+            raise gr.Error(app_text.one_line(str(error)), print_exception=False) from None
         except Exception as error:  # keep serving: report, log, and leave the page as it was
             log.exception("unexpected error in %s", fn.__name__)
-            raise gr.Error(f"unexpected error ({type(error).__name__}): {error}") from None
+            raise gr.Error(app_text.one_line(f"unexpected error ({type(error).__name__}): {error}")) from None
 
     return wrapper
 
@@ -110,8 +110,9 @@ def build_app(lab: Lab) -> gr.Blocks:
     # -- handlers ---------------------------------------------------------------------------------
 
     @toasts
-    def show_encoders(speech, music, student_base, student_speech, student_music, speech_ft):
-        rows, problems = lab.describe(sources_of(speech, music, student_base, student_speech, student_music, speech_ft))
+    def show_encoders(speech, music, student_base, student_speech, student_music, speech_ft, method="permute"):
+        rows, problems = lab.describe(sources_of(speech, music, student_base, student_speech, student_music, speech_ft),
+                                      method if method in METHOD_ROLES else "permute")
         table = {"headers": app_text.ENCODER_HEADERS, "data": app_text.encoder_rows(rows, lab.device)}
         for problem in problems:
             gr.Warning(problem)
@@ -123,7 +124,7 @@ def build_app(lab: Lab) -> gr.Blocks:
         progress(0, desc="loading calibration clips")
         session = lab.align(session, speech, music, components=components or (), absolute=not signed,
                             progress=lambda fraction, message: progress(fraction, desc=message))
-        alignment = session.alignment
+        alignment = lab.alignment_view(session)
         groups = list(alignment.groups)
         clips, source = lab.calibration()
         status = app_text.align_status(alignment, speech, music, f"{len(clips)} {source}")
@@ -133,9 +134,7 @@ def build_app(lab: Lab) -> gr.Blocks:
                 diagonal_by_layer(alignment.groups), lines)
 
     def group_figures(session, name):
-        alignment = session.alignment
-        if alignment is None:
-            raise MergeError("run the alignment first")
+        alignment = lab.alignment_view(session)
         if name not in alignment.groups:
             raise MergeError(f"no group '{name}' in this alignment")
         group = alignment.groups[name]
@@ -157,18 +156,19 @@ def build_app(lab: Lab) -> gr.Blocks:
     @gpu
     @toasts
     def run_merge(session, method, alpha, lambda_speech, lambda_music, layer_alphas,
-                  speech, music, student_base, student_speech, student_music, speech_ft):
+                  speech, music, student_base, student_speech, student_music, speech_ft, allow_rates=False):
         sources = sources_of(speech, music, student_base, student_speech, student_music, speech_ft)
         session = lab.merge(session, sources, method, alpha=alpha, lambda_speech=lambda_speech,
-                            lambda_music=lambda_music, layer_alphas=layer_alphas)
+                            lambda_music=lambda_music, layer_alphas=layer_alphas, allow_rate_mismatch=allow_rates)
         return merge_outputs(session)
 
     @gpu
     @toasts
     def run_sweep(session, method, speech, music, student_base, student_speech, student_music, speech_ft,
-                  progress=gr.Progress()):
+                  allow_rates=False, progress=gr.Progress()):
         sources = sources_of(speech, music, student_base, student_speech, student_music, speech_ft)
-        session = lab.sweep(session, sources, method, progress=lambda fraction, message: progress(fraction, desc=message))
+        session = lab.sweep(session, sources, method, allow_rate_mismatch=allow_rates,
+                            progress=lambda fraction, message: progress(fraction, desc=message))
         current = session.merged.point() if session.merged else None
         return session, tradeoff_curve(session.curve_points(), current=current)
 
@@ -185,6 +185,12 @@ def build_app(lab: Lab) -> gr.Blocks:
         if not clip:  # cleared
             return gr.skip(), gr.skip()
         return run_probe(session, clip, method, *roles)
+
+    @toasts
+    def suggest_roles(speech, music):
+        """Students and fine-tuned copy that match the chosen speech and music encoders, or none."""
+        suggested = lab.suggested_sources(speech, music)
+        return tuple(gr.update(value=suggested[role]) for role in LAB_ROLES[2:])
 
     @toasts
     def run_export(session):
@@ -248,6 +254,9 @@ def build_app(lab: Lab) -> gr.Blocks:
                 with gr.Accordion("per-layer α", open=False) as layer_alpha_editor:
                     layer_alphas = gr.Textbox("", label="one α per transformer layer (Enter to merge)",
                                               placeholder="e.g. 0.05, 0.1, 0.2, 0.4 (empty: α everywhere)")
+                allow_rates = gr.Checkbox(False, elem_id="allow-rates",
+                                          label="allow different sample rates (the merged encoder keeps the first "
+                                                "input's front end and rate; recorded in merge_config.json)")
                 merge_button = gr.Button("Merge", variant="primary", elem_id="merge-button")
                 merge_status = gr.Markdown(elem_id="merge-status")
             with gr.Column(scale=3):
@@ -278,16 +287,19 @@ def build_app(lab: Lab) -> gr.Blocks:
 
         # -- events ---------------------------------------------------------------------------------
 
-        demo.load(show_encoders, roles, [encoder_table, encoder_problems], api_name="encoders")
-        for dropdown in roles:
-            dropdown.input(show_encoders, roles, [encoder_table, encoder_problems], api_visibility="private")
+        demo.load(show_encoders, [*roles, method], [encoder_table, encoder_problems], api_name="encoders")
+        for dropdown in (speech, music):
+            dropdown.input(suggest_roles, [speech, music], others, api_visibility="private").then(
+                show_encoders, [*roles, method], [encoder_table, encoder_problems], api_visibility="private")
+        for dropdown in (*others, method):
+            dropdown.input(show_encoders, [*roles, method], [encoder_table, encoder_problems], api_visibility="private")
 
         align_button.click(run_align, [session, speech, music, components, signed],
                            [session, align_status, group, heatmap, diagonal, permutation],
                            api_name="align", concurrency_id="lab")
         group.input(show_group, [session, group], [heatmap, permutation], api_name="show_group")
 
-        merge_inputs = [session, method, alpha, lambda_speech, lambda_music, layer_alphas, *roles]
+        merge_inputs = [session, method, alpha, lambda_speech, lambda_music, layer_alphas, *roles, allow_rates]
         merge_outputs_ = [session, merge_status, bars, curve, summary]
         merge_button.click(run_merge, merge_inputs, merge_outputs_, api_name="merge", concurrency_id="lab")
         # a merge per slider release, not per drag tick; while one runs, only the latest release waits
@@ -296,7 +308,8 @@ def build_app(lab: Lab) -> gr.Blocks:
                     concurrency_id="lab")
         method.change(method_controls, method, [method_note, alpha, lambda_speech, lambda_music, layer_alpha_editor],
                       api_visibility="private")
-        sweep_button.click(run_sweep, [session, method, *roles], [session, curve], api_name="sweep", concurrency_id="lab")
+        sweep_button.click(run_sweep, [session, method, *roles, allow_rates], [session, curve], api_name="sweep",
+                           concurrency_id="lab")
 
         probe_inputs = [session, clip, method, *roles]
         probe_button.click(run_probe, probe_inputs, [predictions, clip_status], api_name="probe_clip", concurrency_id="lab")

@@ -25,7 +25,7 @@ def display_role(role: str) -> str:
 
 
 def encoder_rows(rows: list[EncoderRow], merge_device: str) -> list[list[str]]:
-    return [[ROLE_TITLES[row.role], row.key, "—", "—", "not loaded"] if row.error else
+    return [[ROLE_TITLES[row.role], row.key, "—", "—", "none chosen" if not row.key else "not loaded"] if row.error else
             [ROLE_TITLES[row.role], row.key, f"{row.parameters / 1e6:.2f} M", f"{row.sample_rate} Hz",
              f"{row.device} (merges run on {merge_device})"] for row in rows]
 
@@ -78,3 +78,12 @@ def clip_table(report: ClipReport) -> dict:
 def clip_status(report: ClipReport) -> str:
     names = " · ".join(f"{display_role(role)} = {key}" for role, key in report.inputs)
     return " · ".join([f"{report.clip_name}: {report.seconds:.1f} s · {names}", *report.warnings])
+
+
+MESSAGE_LIMIT = 300  # characters of a toast
+
+
+def one_line(message: str, limit: int = MESSAGE_LIMIT) -> str:
+    """A message as one line of at most `limit` characters (a client's long input is never echoed whole)."""
+    line = " ".join(message.split())
+    return line if len(line) <= limit else line[:limit - 1] + "…"

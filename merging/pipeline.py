@@ -4,6 +4,7 @@ from __future__ import annotations
 import datetime
 import platform
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -46,6 +47,7 @@ def merge_encoders(
     *,
     alignments: dict[str, Alignment] | None = None,
     device: str | torch.device | None = None,
+    allow_rate_mismatch: bool = False,
     **params,
 ) -> StateDict:
     """Merge the encoders named by role ('speech', 'music', 'base', 'pretrained', 'finetuned').
@@ -62,6 +64,7 @@ def merge_encoders(
     first = encoders[roles[0]]
     for role in roles[1:]:
         check_compatible(first.config, encoders[role].config, names=(roles[0], role))
+    check_sample_rates({role: encoders[role] for role in roles}, allow_rate_mismatch)
     states = {}
     for role in roles:
         state = encoders[role].state_dict()
@@ -77,22 +80,53 @@ def merge_encoders(
     return merge(method, states, **params)
 
 
+def check_sample_rates(encoders: dict[str, Encoder], allow_mismatch: bool = False) -> str | None:
+    """None when every input takes audio at one rate. Otherwise MergeError naming the rates, or, when the
+    mismatch is allowed explicitly, the warning to record and print: the merged encoder keeps the first
+    input's front end and rate, and each CNN front end is tied to the rate it was trained on."""
+    (first, encoder), *others = encoders.items()
+    for role, other in others:
+        if other.sample_rate != encoder.sample_rate:
+            problem = (f"'{encoder.name}' ({first}) takes {encoder.sample_rate} Hz audio but '{other.name}' ({role}) "
+                       f"takes {other.sample_rate} Hz: each CNN front end is tied to the sample rate it was trained on, "
+                       f"and the merged encoder has one front end, at {encoder.sample_rate} Hz")
+            if not allow_mismatch:
+                raise MergeError(f"{problem}. Allow the mismatch explicitly to merge anyway "
+                                 "(--allow-rate-mismatch; on the page, the 'allow different sample rates' box)")
+            return f"merged despite different sample rates: {problem}"
+    return None
+
+
+def public_source(source: str) -> str:
+    """Where an input came from, without the server's paths: a hub id as is, a local folder by its name."""
+    return source if _is_hub_id(source) else Path(source).name
+
+
+def _is_hub_id(source: str) -> bool:
+    return not Path(source).is_absolute() and not Path(source).exists() and source.count("/") == 1
+
+
 def merge_record(
     method: str,
     encoders: dict[str, Encoder],
     params: dict,
     alignments: dict[str, Alignment] | None = None,
+    *,
+    allow_rate_mismatch: bool = False,
 ) -> dict:
-    """The merge_config.json content: method, arguments, inputs, permutations, correlation summary."""
+    """The merge_config.json content: method, arguments, inputs (hub id or folder name, never a server path),
+    permutations, correlation summary, and the sample-rate warning when a mismatch was allowed."""
     roles = METHODS[method].inputs
+    warning = check_sample_rates({role: encoders[role] for role in roles}, allow_rate_mismatch)
     return {
         "method": method,
         "arguments": {k: v for k, v in params.items() if k != "alignment"},
         "inputs": {
-            role: {"source": encoders[role].source, "name": encoders[role].name, "sample_rate": encoders[role].sample_rate,
-                   "checksum": state_checksum(encoders[role].state_dict())}
+            role: {"source": public_source(encoders[role].source), "name": encoders[role].name,
+                   "sample_rate": encoders[role].sample_rate, "checksum": state_checksum(encoders[role].state_dict())}
             for role in roles
         },
+        **({"sample_rate_mismatch": warning} if warning else {}),
         "alignments": {role: alignment.summary() for role, alignment in (alignments or {}).items()},
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "software": {"torch": torch.__version__, "transformers": transformers.__version__, "python": platform.python_version()},

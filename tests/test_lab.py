@@ -10,7 +10,7 @@ from merging.benchmark import MODEL_NAMES, MODELS_DIR
 from merging.service.config import PAPER_HUB_ENCODERS, LabConfig
 from merging.service.controls import merge_params, parse_layer_alphas
 from merging.service.lab import Lab
-from merging.service.pool import ModelPool, torch_threads
+from merging.service.pool import ModelPool, copying, torch_threads
 from merging.service.registry import EncoderRegistry
 from merging.service.session import LabSession
 from merging.state import MergeError, state_checksum
@@ -36,8 +36,8 @@ def test_each_method_gets_only_its_own_parameters():
     assert merge_params("dare", 0.1, 0.7, 0.3) == {"lambda_speech": 0.7, "lambda_music": 0.3}
     with pytest.raises(MergeError, match="per-layer α applies to linear and permute"):
         merge_params("ties", 0.1, 0.5, 0.5, [0.1])
-    with pytest.raises(MergeError, match="unknown method"):
-        merge_params("average", 0.1, 0.5, 0.5)
+    with pytest.raises(MergeError, match="unknown merge method .average.: choose from linear"):
+        merge_params("average", 0.1, 0.5, 0.5)  # the registry names the valid ones
 
 
 def test_settings_come_from_the_environment():
@@ -64,13 +64,15 @@ def test_registry_serves_only_its_allow_list(lab_models, tmp_path):
 def test_the_pool_reuses_one_model_per_device_and_architecture(lab):
     pool = ModelPool()
     speech, music, student = (lab.registry.get(MODEL_NAMES[r]) for r in ("speech", "music", "student_base"))
-    with pool.hold(speech, speech.state_dict(), "cpu", "a") as first:
+    with pool.hold(speech, "cpu", "a", copying(speech.state_dict())) as first:
         model = first.model
         assert state_checksum(first.state_dict()) == state_checksum(speech.state_dict())
-    with pool.hold(speech, music.state_dict(), "cpu", "b") as second:
+    with pool.hold(speech, "cpu", "b", copying(music.state_dict())) as second:
         assert second.model is model and state_checksum(second.state_dict()) == state_checksum(music.state_dict())
         assert second.model is not music.model and second.model is not speech.model
-    with pool.hold(student, student.state_dict(), "cpu", "c") as third:
+    with pool.hold(speech, "cpu", "b", lambda out: pytest.fail("rewrote weights it already holds")) as again:
+        assert state_checksum(again.state_dict()) == state_checksum(music.state_dict())
+    with pool.hold(student, "cpu", "c", copying(student.state_dict())) as third:
         assert third.model is not model
     assert len(pool) == 2
 
@@ -85,7 +87,6 @@ def test_merge_returns_a_new_session_and_leaves_the_encoders_alone(lab):
     merged = lab.merge(aligned, sources, "permute", alpha=0.5)
     assert empty.alignment is None and aligned.merged is None and merged.alignment is aligned.alignment
     assert merged.merged.params == {"alpha": 0.5} and merged.merged.sources == {"speech": sources["speech"], "music": sources["music"]}
-    assert all(t.device.type == "cpu" for t in merged.merged.state.values())
     assert {key: state_checksum(lab.registry.get(key).state_dict()) for key in sources.values()} == checksums
     with pytest.raises(MergeError, match="choose at least one component"):
         lab.align(empty, sources["speech"], sources["music"], components=("cnn", "mlp"))
@@ -135,3 +136,85 @@ def test_a_cached_alignment_does_not_wait_for_other_sessions_computations(lab):
         worker.start()
         worker.join(timeout=10)
         assert done.is_set()
+
+
+def retained_tensor_bytes(root) -> int:
+    """Bytes of the distinct tensor storages reachable from `root` (what keeping it alive costs)."""
+    import gc
+    import types
+
+    seen, storages, stack = set(), {}, [root]
+    while stack:
+        obj = stack.pop()
+        if id(obj) in seen or isinstance(obj, (type, types.ModuleType, types.FunctionType)):
+            continue
+        seen.add(id(obj))
+        if isinstance(obj, torch.Tensor):
+            storages[obj.untyped_storage().data_ptr()] = obj.untyped_storage().nbytes()
+            continue
+        stack.extend(gc.get_referents(obj))
+    return sum(storages.values())
+
+
+def test_sessions_keep_recipes_and_exports_rebuild_the_same_weights_bit_for_bit(lab, tmp_path):
+    import zipfile
+
+    from merging.encoders import load_encoder
+    from merging.pipeline import merge_encoders
+    from merging.registry import get_method
+
+    sources = lab.default_sources()
+    aligned = lab.align(LabSession(), sources["speech"], sources["music"], components=("cnn", "ffn"))
+    sessions = [lab.merge(aligned, sources, method, alpha=0.3, lambda_speech=0.6, lambda_music=0.3)
+                for method in ("permute", "linear", "ties", "speech_ft")]
+    for session in sessions:  # later merges overwrote the pooled model: each export rebuilds its own weights
+        recipe = session.merged.recipe
+        aligns = get_method(recipe.method).aligns
+        with torch_threads(1):
+            expected = merge_encoders(recipe.method, {role: lab.registry.get(key) for role, key in recipe.inputs.items()},
+                                      alignments={aligns: session.alignment} if aligns else None, **recipe.params)
+        zipfile.ZipFile(lab.export(session)).extractall(tmp_path / recipe.method)
+        exported = load_encoder(tmp_path / recipe.method / f"merged-{recipe.method}")
+        assert state_checksum(exported.state_dict()) == state_checksum(expected)
+
+
+def test_many_sessions_hold_no_weights(lab):
+    sources = lab.default_sources()
+    one_merge = sum(t.numel() * t.element_size() for t in lab.registry.get(sources["speech"]).state_dict().values())
+    sessions = [lab.merge(LabSession(), sources, "linear", alpha=round(0.02 * i, 2)) for i in range(1, 41)]
+    first_half, all_of_them = retained_tensor_bytes(sessions[:20]), retained_tensor_bytes(sessions)
+    # each further session adds its probes' weights (tiny next to a merge's, ~1e-4 of it at base size), no merged weights
+    assert (all_of_them - first_half) / 20 < 0.25 * one_merge
+    assert len(lab.pool) <= 2  # one model per architecture (full encoders, students), however many sessions
+
+
+def test_different_sample_rates_are_refused_unless_allowed(lab_models, tmp_path):
+    import json
+    import shutil
+    import zipfile
+
+    fast = tmp_path / "music-24k"
+    shutil.copytree(lab_models / MODEL_NAMES["music"], fast)
+    preprocessor = json.loads((fast / "preprocessor_config.json").read_text())
+    (fast / "preprocessor_config.json").write_text(json.dumps({**preprocessor, "sampling_rate": 24000}))
+    lab = Lab(LabConfig(models_dir=lab_models, extra_encoders=(str(fast),), live_train=8, live_test=4, fit_iterations=5))
+    sources = {**lab.default_sources(), "music": str(fast)}
+    with pytest.raises(MergeError, match="takes 16000 Hz audio but 'music-24k' .music. takes 24000 Hz: each CNN front end"):
+        lab.merge(LabSession(), sources, "linear", alpha=0.5)
+    assert any("24000 Hz" in problem for problem in lab.describe(sources, "linear")[1])
+    assert not any("24000 Hz" in problem for problem in lab.describe(sources, "ties")[1])  # ties does not use it
+    session = lab.merge(LabSession(), sources, "linear", alpha=0.5, allow_rate_mismatch=True)
+    record = json.loads(zipfile.ZipFile(lab.export(session)).read("merged-linear/merge_config.json"))
+    assert "merged despite different sample rates" in record["sample_rate_mismatch"]
+    assert record["inputs"]["music"]["source"] == "music-24k"  # a folder by its name, never the server's path
+
+
+def test_only_the_methods_roles_are_checked_and_full_size_pairs_get_no_tiny_students(lab):
+    sources = {**lab.default_sources(), "student_music": MODEL_NAMES["speech"]}  # a mismatched student
+    assert lab.describe(sources, "permute")[1] == []
+    assert any("incompatible encoders" in problem for problem in lab.describe(sources, "ties")[1])
+    assert lab.suggested_sources(MODEL_NAMES["speech"], MODEL_NAMES["music"]) == lab.default_sources()
+    other = lab.suggested_sources(MODEL_NAMES["student_speech"], MODEL_NAMES["student_music"])  # another architecture
+    assert other["speech"] == MODEL_NAMES["student_speech"] and all(other[r] is None for r in ("student_base", "speech_ft"))
+    with pytest.raises(MergeError, match="needs an encoder for its 'base' input"):
+        lab.merge(LabSession(), other, "ties")

@@ -1,39 +1,50 @@
 """The page's controls as library values: which chosen encoder fills each input of a method, the text of
-the per-layer α box, and the sliders as a method's parameters."""
+the per-layer α box, and the sliders as a method's checked arguments (from the method registry)."""
 from __future__ import annotations
 
 import math
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 
+from ..methods import METHODS
+from ..registry import get_method, method_arguments
 from ..state import MergeError
 
 # The encoders a person chooses, by lab role (the app titles them).
 LAB_ROLES = ("speech", "music", "student_base", "student_speech", "student_music", "speech_ft")
-_TASK_VECTOR_ROLES = {"base": "student_base", "speech": "student_speech", "music": "student_music"}
-# Which chosen encoder fills each input of a method.
-METHOD_ROLES: dict[str, dict[str, str]] = {
-    "linear": {"speech": "speech", "music": "music"},
-    "permute": {"speech": "speech", "music": "music"},
-    "task_arithmetic": _TASK_VECTOR_ROLES,
-    "ties": _TASK_VECTOR_ROLES,
-    "dare": _TASK_VECTOR_ROLES,
-    "drm": _TASK_VECTOR_ROLES,
-    "speech_ft": {"pretrained": "speech", "finetuned": "speech_ft"},
-}
-# Methods whose trade-off is one interpolation weight α from the first input (α=0) to the second (α=1).
-ALPHA_METHODS = ("linear", "permute", "speech_ft")
+_PLAIN_ROLES = {"speech": "speech", "music": "music", "pretrained": "speech", "finetuned": "speech_ft"}
 SWEEP_ALPHAS = (0.1, 0.25, 0.5, 0.75)
 SWEEP_LAMBDAS = ((0.9, 0.1), (0.75, 0.25), (0.5, 0.5), (0.25, 0.75), (0.1, 0.9))
-# Groups of lab roles that one method merges together, so must be compatible with each other.
-ROLE_GROUPS = ({"speech", "music"}, set(_TASK_VECTOR_ROLES.values()), {"speech", "speech_ft"})
+QUOTE_LIMIT = 40  # characters of a person's input quoted back in a message
 
 
-def method_inputs(method: str, sources: Mapping[str, str], default) -> dict[str, str]:
-    """Method input role -> encoder key, from the chosen encoders by lab role (`default(role)` for a blank)."""
-    if method not in METHOD_ROLES:
-        raise MergeError(f"unknown method '{method}': choose from {', '.join(METHOD_ROLES)}")
-    return {role: sources.get(lab_role) or default(lab_role) for role, lab_role in METHOD_ROLES[method].items()}
+def method_roles(method: str) -> dict[str, str]:
+    """Method input role -> the lab role whose chosen encoder fills it: task-vector methods take the students
+    and their base, the others the full encoders (the fine-tuned copy for `finetuned`)."""
+    declared = get_method(method)
+    return {role: f"student_{role}" if declared.task_vector else _PLAIN_ROLES[role] for role in declared.inputs}
+
+
+METHOD_ROLES: dict[str, dict[str, str]] = {name: method_roles(name) for name in METHODS}
+# Methods whose trade-off is one interpolation weight α from the first input (α=0) to the second (α=1).
+ALPHA_METHODS = tuple(name for name, method in METHODS.items() if method.interpolates)
+
+
+def quoted(text: object, limit: int = QUOTE_LIMIT) -> str:
+    """`text` quoted for a message, cut short: a message never echoes a whole megabyte back."""
+    text = str(text)
+    return repr(text if len(text) <= limit else text[:limit] + "…")
+
+
+def method_inputs(method: str, sources: Mapping[str, str | None]) -> dict[str, str]:
+    """Method input role -> encoder key, from the chosen encoders by lab role; MergeError for a role left empty."""
+    inputs = {}
+    for role, lab_role in method_roles(method).items():
+        key = sources.get(lab_role)
+        if not key:
+            raise MergeError(f"{method} needs an encoder for its '{role}' input ({lab_role}): choose one")
+        inputs[role] = key
+    return inputs
 
 
 def parse_layer_alphas(text: str | None) -> list[float] | None:
@@ -46,25 +57,18 @@ def parse_layer_alphas(text: str | None) -> list[float] | None:
         try:
             value = float(part)
         except ValueError:
-            raise MergeError(f"per-layer α: '{part}' is not a number") from None
+            raise MergeError(f"per-layer α: {quoted(part)} is not a number") from None
         if not math.isfinite(value):
-            raise MergeError(f"per-layer α: '{part}' is not a finite number")
+            raise MergeError(f"per-layer α: {quoted(part)} is not a finite number")
         values.append(value)
     return values
 
 
 def merge_params(method: str, alpha: float, lambda_speech: float, lambda_music: float,
-                 layer_alphas: Sequence[float] | None = None) -> dict:
-    """The page's controls as the named method's arguments (each method takes only its own)."""
-    if method not in METHOD_ROLES:
-        raise MergeError(f"unknown method '{method}': choose from {', '.join(METHOD_ROLES)}")
-    if method in ("linear", "permute"):
-        return {"alpha": float(alpha), **({"layer_alphas": list(layer_alphas)} if layer_alphas else {})}
-    if layer_alphas:
-        raise MergeError(f"per-layer α applies to linear and permute, not to {method}: clear it")
-    if method == "speech_ft":
-        return {"alpha": float(alpha)}
-    return {"lambda_speech": float(lambda_speech), "lambda_music": float(lambda_music)}
+                 layer_alphas: list[float] | None = None) -> dict:
+    """The page's controls as the named method's checked arguments (each method takes only its own)."""
+    return method_arguments(method, {"alpha": alpha, "lambda_speech": lambda_speech, "lambda_music": lambda_music,
+                                     "layer_alphas": layer_alphas})
 
 
 def sweep_settings(method: str) -> list[dict]:

@@ -21,18 +21,22 @@ import torch
 from ..align import PAPER_COMPONENTS, Alignment, Progress
 from ..audio import load_audio
 from ..checkpoint import save_encoder, zip_encoder_dir
-from ..encoders import check_compatible, encoder_from_state
-from ..pipeline import align, merge_encoders, merge_record
+from ..encoders import Encoder, check_compatible, encoder_from_state
+from ..methods import INTO
+from ..pipeline import align, check_sample_rates, merge_record
 from ..probes import LinearProbe, ProbeScores, builtin_suite
+from ..registry import get_method, merge as run_method
 from ..spec import COMPONENTS
-from ..state import MergeError
+from ..state import MergeError, StateDict
 from .config import LabConfig
-from .controls import ALPHA_METHODS, LAB_ROLES, ROLE_GROUPS, merge_params, method_inputs, parse_layer_alphas, sweep_settings
+from .controls import ALPHA_METHODS, LAB_ROLES, merge_params, method_inputs, method_roles, parse_layer_alphas, sweep_settings
 from .exports import ExportFolder
-from .pool import ModelPool, torch_threads
+from .pool import ModelPool, copying, torch_threads, weights_of
 from .probing import ProbeBench
 from .registry import EncoderRegistry
-from .session import ClipReport, LabSession, MergeResult, tradeoff_point
+from .teaching import Teaching
+from .session import ClipReport, LabSession, MergeRecipe, MergeResult, permutations_only, tradeoff_point
+from .weights import KeptWeights, Reordered
 
 
 @dataclass(frozen=True)
@@ -47,13 +51,14 @@ class EncoderRow:
     error: str | None = None
 
 
-class Lab:
+class Lab(Teaching):
     """Shared by every session of one server; thread-safe."""
 
     def __init__(self, config: LabConfig | None = None) -> None:
         self.config = config or LabConfig()
         self.registry = EncoderRegistry(self.config.models_dir, self.config.extra_encoders)
         self.pool = ModelPool()
+        self.kept = KeptWeights()
         self.exports = ExportFolder(keep=8)
         self._bench: ProbeBench | None = None
         self._calibration: tuple[list[np.ndarray], str] | None = None
@@ -110,43 +115,76 @@ class Lab:
 
     # encoders
 
-    def describe(self, sources: Mapping[str, str]) -> tuple[list[EncoderRow], list[str]]:
-        """The chosen encoders, one row per lab role, and the problems found: missing or unloadable encoders
-        and incompatible pairs."""
+    def describe(self, sources: Mapping[str, str | None], method: str = "permute") -> tuple[list[EncoderRow], list[str]]:
+        """The chosen encoders, one row per lab role, and the problems of those `method` uses: missing or
+        unloadable encoders, incompatible architectures, different sample rates."""
         rows, problems, loaded = [], [], {}
-        keys = {role: sources.get(role) or self.registry.default(role) for role in LAB_ROLES}
+        used = method_roles(method)
         for role in LAB_ROLES:
-            key = keys[role]
+            key = sources.get(role)
+            if not key:
+                rows.append(EncoderRow(role, "", error="none chosen"))
+                continue
             try:
-                encoder = loaded[role] = self.registry.get(key)
+                loaded[role] = self.registry.get(key)
+                encoder = loaded[role]
                 rows.append(EncoderRow(role, key, encoder.num_parameters, encoder.sample_rate, str(encoder.device)))
             except MergeError as error:
                 rows.append(EncoderRow(role, key, error=str(error)))
-                problems.append(str(error))
-        for group in ROLE_GROUPS:
-            present = [role for role in LAB_ROLES if role in group and role in loaded]
-            for other in present[1:]:
-                try:
-                    check_compatible(loaded[present[0]].config, loaded[other].config, names=(keys[present[0]], keys[other]))
-                except MergeError as error:
+                if role in used.values():
                     problems.append(str(error))
+        present = {role: loaded[lab_role] for role, lab_role in used.items() if lab_role in loaded}
+        try:
+            self._check_inputs(present, {role: sources[lab_role] for role, lab_role in used.items() if role in present})
+        except MergeError as error:
+            problems.append(str(error))
         return rows, problems
+
+    def suggested_sources(self, speech_key: str, music_key: str) -> dict[str, str | None]:
+        """Every lab role's encoder for this speech/music pair: the built-in students and fine-tuned copy when the
+        speech encoder has the built-in speech encoder's architecture (they match it), none otherwise."""
+        sources = {**self.default_sources(), "speech": speech_key, "music": music_key}
+        try:
+            matching = speech_key == self.registry.default("speech") or not _differs(
+                self.registry.get(speech_key), self.registry.get(self.registry.default("speech")))
+        except MergeError:
+            matching = False
+        return sources if matching else {role: key if role in ("speech", "music") else None for role, key in sources.items()}
+
+    def _encoders(self, inputs: Mapping[str, str]) -> dict[str, Encoder]:
+        return {role: self.registry.get(key) for role, key in inputs.items()}
+
+    def _check_inputs(self, encoders: Mapping[str, Encoder], keys: Mapping[str, str], allow_rate_mismatch: bool = False):
+        """MergeError when a method's inputs differ in architecture, or in sample rate unless that is allowed."""
+        if not encoders:
+            return None
+        (first, encoder), *others = encoders.items()
+        for role, other in others:
+            check_compatible(encoder.config, other.config, names=(keys[first], keys[role]))
+        return check_sample_rates(dict(encoders), allow_rate_mismatch)
 
     def reference(self, key: str) -> tuple[dict[str, LinearProbe], ProbeScores]:
         """Probes and scores of an unmerged encoder (computed once per encoder)."""
         with self._computing():
             if key not in self._references:
-                encoder = self.registry.get(key)
-                with self.pool.hold(encoder, encoder.state_dict(), self.device, encoder.name) as running:
-                    self._references[key] = self.bench.evaluate(running)
+                with self._running(key) as running:
+                    self._references[key] = self.bench.evaluate(running, key=f"encoder {key}")
             return self._references[key]
+
+    @contextmanager
+    def _running(self, key: str) -> Iterator[Encoder]:
+        """An unmerged encoder running in the pooled model on the lab's device."""
+        encoder = self.registry.get(key)
+        with self.pool.hold(encoder, self.device, f"encoder {key}", copying(encoder.state_dict()), encoder.name) as running:
+            yield running
 
     # alignment
 
     def align(self, session: LabSession, speech_key: str, music_key: str, *,
               components: Sequence[str] = PAPER_COMPONENTS, absolute: bool = True,
               progress: Progress | None = None) -> LabSession:
-        """Correlation alignment of the music encoder to the speech encoder on the calibration clips (cached)."""
+        """Correlation alignment of the music encoder to the speech encoder on the calibration clips (cached).
+        The session keeps the permutations; the similarity matrices stay here (`alignment_view`)."""
         unknown = sorted(set(components) - set(COMPONENTS))
         components = tuple(c for c in COMPONENTS if c in components)
         if not components or unknown:
@@ -166,45 +204,88 @@ class Lab:
                         self._alignments.popitem(last=False)
         elif progress:
             progress(1.0, "cached alignment")
-        return replace(session, alignment=alignment, alignment_pair=(speech_key, music_key))
+        return replace(session, alignment=permutations_only(alignment), alignment_key=key,
+                       alignment_pair=(speech_key, music_key))
+
+    def alignment_view(self, session: LabSession) -> Alignment:
+        """The session's alignment with its similarity matrices (kept for the last few alignments)."""
+        if session.alignment is None:
+            raise MergeError("run the alignment first")
+        alignment = self._alignments.get(session.alignment_key)
+        if alignment is None:
+            raise MergeError("this alignment's correlation matrices are no longer kept: run the alignment again")
+        return alignment
 
     def _run_alignment(self, speech, music, clips, components, absolute, progress) -> Alignment:
         device = self.device
         if device != "cpu":  # temporary device copies, freed when the alignment is done
             speech, music = (encoder_from_state(e.config, e.state_dict(), sample_rate=e.sample_rate, normalize=e.normalize,
                                                 name=e.name, source=e.source, device=device) for e in (speech, music))
-        return align(speech, music, clips=clips, components=components, absolute=absolute, progress=progress)  # perms on the CPU
+        return align(speech, music, clips=clips, components=components, absolute=absolute, progress=progress)
 
     # merging
 
-    def merge(self, session: LabSession, sources: Mapping[str, str], method: str, *, alpha: float = 0.1,
-              lambda_speech: float = 0.5, lambda_music: float = 0.5, layer_alphas: str | Sequence[float] | None = None,
-              record: bool = True) -> LabSession:
-        """Merge with the chosen encoders, score the result with the live probes; the session keeps the weights."""
+    def recipe(self, session: LabSession, sources: Mapping[str, str | None], method: str, *, alpha: float = 0.1,
+               lambda_speech: float = 0.5, lambda_music: float = 0.5, layer_alphas: str | Sequence[float] | None = None,
+               allow_rate_mismatch: bool = False) -> MergeRecipe:
+        """The page's choices as a checked recipe (nothing is merged yet); MergeError for anything invalid."""
         if isinstance(layer_alphas, str) or layer_alphas is None:
             layer_alphas = parse_layer_alphas(layer_alphas)
         params = merge_params(method, alpha, lambda_speech, lambda_music, layer_alphas)
-        inputs = method_inputs(method, sources, self.registry.default)
-        encoders = {role: self.registry.get(key) for role, key in inputs.items()}
-        alignments = None
-        if method == "permute":
-            pair = (inputs["speech"], inputs["music"])
-            if session.alignment is None or session.alignment_pair != pair:
-                raise MergeError("permute needs the alignment of these two encoders: run the alignment first (step 2)")
-            alignments = {"music": session.alignment}
-        device = self.device
+        inputs = method_inputs(method, sources)
+        self._check_inputs(self._encoders(inputs), inputs, bool(allow_rate_mismatch))
+        aligns = get_method(method).aligns
+        if not aligns:
+            return MergeRecipe(method, params, inputs, allow_rate_mismatch=bool(allow_rate_mismatch))
+        pair = (inputs[next(iter(inputs))], inputs[aligns])
+        if session.alignment is None or session.alignment_pair != pair:
+            raise MergeError(f"{method} needs the alignment of these two encoders: run the alignment first (step 2)")
+        return MergeRecipe(method, params, inputs, session.alignment, session.alignment_key, bool(allow_rate_mismatch))
+
+    def merge(self, session: LabSession, sources: Mapping[str, str | None], method: str, *, record: bool = True,
+              **controls) -> LabSession:
+        """Merge with the chosen encoders (controls: alpha, lambda_speech, lambda_music, layer_alphas,
+        allow_rate_mismatch), score the result with the live probes; the session keeps the recipe."""
+        recipe = self.recipe(session, sources, method, **controls)
         with self._computing():
-            start = time.perf_counter()
-            state = merge_encoders(method, encoders, alignments=alignments, device=device, **params)
-            merge_seconds = time.perf_counter() - start
-            first = encoders[next(iter(inputs))]
-            with self.pool.hold(first, state, device, f"merged {method}") as merged:
-                probes, scores = self.bench.evaluate(merged)
-            score_seconds = time.perf_counter() - start - merge_seconds
-        result = MergeResult(method, params, inputs, {k: v.detach().cpu() for k, v in state.items()}, probes, scores,
-                             merge_seconds, score_seconds, device, alignments["music"] if alignments else None)
+            result = self.run(recipe)
         session = replace(session, merged=result) if record else session
-        return self._with_point(session, method, inputs, result.point())
+        return self._with_point(session, method, recipe.inputs, result.point())
+
+    def run(self, recipe: MergeRecipe) -> MergeResult:
+        """The merge path: the recipe's weights written into the pooled model, then scored by the live probes.
+        Callers hold `_computing()`."""
+        start = time.perf_counter()
+        with self.loaded(recipe) as merged:
+            _synchronize(self.device)
+            merge_seconds = time.perf_counter() - start
+            probes, scores = self.bench.evaluate(merged, key=recipe.key)
+        score_seconds = time.perf_counter() - start - merge_seconds
+        return MergeResult(recipe, probes, scores, merge_seconds, score_seconds, self.device)
+
+    @contextmanager
+    def loaded(self, recipe: MergeRecipe) -> Iterator[Encoder]:
+        """The recipe's merged encoder, running in the pooled model (its weights rebuilt unless it holds them)."""
+        encoders = self._encoders(recipe.inputs)
+        first = encoders[next(iter(recipe.inputs))]
+        with self.pool.hold(first, self.device, recipe.key, lambda out: self._write(recipe, encoders, out),
+                            f"merged {recipe.method}") as merged:
+            yield merged
+
+    def _write(self, recipe: MergeRecipe, encoders: dict[str, Encoder], out: StateDict) -> None:
+        """Rebuild the recipe's weights into `out`: in place for the interpolations (at the memory-bandwidth
+        limit, with the re-ordered music weights kept on the device), by a copy of the result otherwise."""
+        device, method = self.device, get_method(recipe.method)
+        states = {role: self.kept.on(device, recipe.inputs[role], encoders[role]) for role in method.inputs}
+        params = dict(recipe.params)
+        if method.aligns:
+            role = method.aligns
+            params["alignment"] = Reordered(self.kept.reordered(device, recipe.inputs[role], encoders[role],
+                                                                recipe.alignment_key, recipe.alignment))
+        if recipe.method in INTO:
+            INTO[recipe.method](out, *(states[role] for role in method.inputs), **method.arguments(params))
+        else:
+            copying(run_method(recipe.method, states, **params))(out)
 
     def _with_point(self, session: LabSession, method: str, inputs: dict[str, str], point: dict) -> LabSession:
         sources = tuple(sorted(inputs.items()))
@@ -221,12 +302,12 @@ class Lab:
         first, second = list(inputs.values())
         return tuple(tradeoff_point(method, {"alpha": a}, self.reference(key)[1]) for a, key in ((0.0, first), (1.0, second)))
 
-    def sweep(self, session: LabSession, sources: Mapping[str, str], method: str, *,
-              progress: Progress | None = None) -> LabSession:
+    def sweep(self, session: LabSession, sources: Mapping[str, str | None], method: str, *,
+              allow_rate_mismatch: bool = False, progress: Progress | None = None) -> LabSession:
         """Fill `method`'s trade-off curve: α from 0.1 to 0.75, or λ pairs summing to 1 for task vectors."""
         settings = sweep_settings(method)
         for step, setting in enumerate(settings):
-            session = self.merge(session, sources, method, record=False, **setting)
+            session = self.merge(session, sources, method, record=False, allow_rate_mismatch=allow_rate_mismatch, **setting)
             if progress:
                 progress((step + 1) / len(settings), f"{method} {setting}")
         return session
@@ -242,7 +323,7 @@ class Lab:
 
     # probing a clip
 
-    def probe_clip(self, session: LabSession, sources: Mapping[str, str], path: str | Path | None,
+    def probe_clip(self, session: LabSession, sources: Mapping[str, str | None], path: str | Path | None,
                    method: str = "permute") -> ClipReport:
         """Class probabilities per task of the merged encoder beside its two inputs, for an uploaded clip."""
         if not path:
@@ -256,7 +337,7 @@ class Lab:
         if len(clip) < suite.sample_rate // 10:
             raise MergeError(f"{path.name}: {len(clip) / suite.sample_rate:.2f} s is too short (at least 0.1 s)")
         merged = session.merged
-        inputs = merged.sources if merged else method_inputs(method, sources, self.registry.default)
+        inputs = merged.sources if merged else method_inputs(method, sources)
         first, second = [(role, key) for role, key in inputs.items() if role != "base"]
         predictions = {}
         with self._computing():
@@ -264,12 +345,8 @@ class Lab:
                 if key is None and merged is None:
                     predictions[role] = None
                     continue
-                if key is None:
-                    encoder, state, probes = self.registry.get(first[1]), merged.state, merged.probes
-                else:
-                    encoder = self.registry.get(key)
-                    state, probes = encoder.state_dict(), self.reference(key)[0]
-                with self.pool.hold(encoder, state, self.device, role) as running:
+                probes = merged.probes if key is None else self.reference(key)[0]
+                with (self.loaded(merged.recipe) if key is None else self._running(key)) as running:
                     predictions[role] = suite.predict(running, clip, suite.sample_rate, probes=probes)
         return ClipReport((first, second), tuple(task.name for task in suite.tasks), predictions, info["name"],
                           len(clip) / suite.sample_rate, tuple(info["warnings"]))
@@ -277,20 +354,24 @@ class Lab:
     # export
 
     def export(self, session: LabSession) -> Path:
-        """A zip of the merged encoder in transformers format with its merge_config.json."""
+        """A zip of the merged encoder (rebuilt from the session's recipe) in transformers format with its
+        merge_config.json."""
         merged = session.merged
         if merged is None:
             raise MergeError("nothing to export yet: merge first (step 3)")
-        encoders = {role: self.registry.get(key) for role, key in merged.sources.items()}
+        recipe = merged.recipe
+        encoders = self._encoders(recipe.inputs)
         first = encoders[next(iter(encoders))]
-        alignments = {"music": merged.alignment} if merged.alignment else None
-        record = merge_record(merged.method, encoders, merged.params, alignments)
+        aligns = get_method(recipe.method).aligns
+        record = merge_record(recipe.method, encoders, recipe.params, {aligns: recipe.alignment} if aligns else None,
+                              allow_rate_mismatch=recipe.allow_rate_mismatch)
         record["probe_scores"] = {"note": self.bench.describe(), **merged.scores.as_row()}
         folder = self.exports.new()
-        name = f"merged-{merged.method}"
+        name = f"merged-{recipe.method}"
         try:
-            saved = save_encoder(folder / name, merged.state, first.config, sample_rate=first.sample_rate,
-                                 normalize=first.normalize, merge_config=record)
+            with self._computing(), self.loaded(recipe) as running:
+                saved = save_encoder(folder / name, weights_of(running.model), first.config, sample_rate=first.sample_rate,
+                                     normalize=first.normalize, merge_config=record)
             archive = zip_encoder_dir(saved, folder / f"{name}.zip")
         except BaseException:
             shutil.rmtree(folder, ignore_errors=True)
@@ -298,3 +379,16 @@ class Lab:
         shutil.rmtree(saved, ignore_errors=True)
         self.exports.prune()
         return archive
+
+
+def _differs(a: Encoder, b: Encoder) -> bool:
+    try:
+        check_compatible(a.config, b.config)
+    except MergeError:
+        return True
+    return False
+
+
+def _synchronize(device: str) -> None:
+    if str(device).startswith("cuda"):
+        torch.cuda.synchronize()

@@ -1,26 +1,59 @@
-"""Values that belong to one person's session: replaced, never changed."""
+"""Values that belong to one person's session: replaced, never changed. A session keeps recipes, not
+weights: the service rebuilds a merge's weights from its recipe when they are needed (probe, export)."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import json
+from dataclasses import dataclass, field, replace
+
+import torch
 
 from ..align import Alignment
 from ..probes import LinearProbe, ProbeScores
-from ..state import StateDict
 from .controls import ALPHA_METHODS
+
+
+def permutations_only(alignment: Alignment) -> Alignment:
+    """The alignment without its similarity matrices (hundreds of MB at base size): what a merge needs."""
+    return replace(alignment, groups={name: replace(group, perm=group.perm.cpu(), similarity=torch.empty(0))
+                                      for name, group in alignment.groups.items()})
+
+
+@dataclass(frozen=True)
+class MergeRecipe:
+    """What a merge is made of: rebuilding from it gives the same weights, bit for bit."""
+
+    method: str
+    params: dict  # the method's checked arguments, as the page gave them
+    inputs: dict[str, str]  # method input role -> encoder key
+    alignment: Alignment | None = None  # permutations only, for a method that aligns an input
+    alignment_key: tuple | None = None  # what the alignment was computed from (the service's cache key)
+    allow_rate_mismatch: bool = False  # merged although the inputs' sample rates differ, as asked
+
+    @property
+    def key(self) -> str:
+        return json.dumps([self.method, self.params, sorted(self.inputs.items()), self.alignment_key], default=str)
 
 
 @dataclass(frozen=True)
 class MergeResult:
-    method: str
-    params: dict
-    sources: dict[str, str]  # method input role -> encoder key
-    state: StateDict  # on the CPU, whatever device merged it
+    recipe: MergeRecipe
     probes: dict[str, LinearProbe]
     scores: ProbeScores
     merge_seconds: float
     score_seconds: float
     device: str
-    alignment: Alignment | None = None  # the one a permute merge used
+
+    @property
+    def method(self) -> str:
+        return self.recipe.method
+
+    @property
+    def params(self) -> dict:
+        return self.recipe.params
+
+    @property
+    def sources(self) -> dict[str, str]:
+        return self.recipe.inputs
 
     def point(self) -> dict:
         return tradeoff_point(self.method, self.params, self.scores)
@@ -30,7 +63,8 @@ class MergeResult:
 class LabSession:
     """One person's work: replaced, never changed, by every Lab operation."""
 
-    alignment: Alignment | None = None
+    alignment: Alignment | None = None  # permutations and their before/after scores (the matrices stay in the Lab)
+    alignment_key: tuple | None = None
     alignment_pair: tuple[str, str] | None = None  # (speech key, music key) it was computed for
     merged: MergeResult | None = None
     curves: dict[str, tuple[tuple, tuple[dict, ...]]] = field(default_factory=dict)  # method -> (sources, points)
