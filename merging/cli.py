@@ -63,7 +63,8 @@ def merge_parser(sub) -> None:
         kind = uses[0][1].kind
         choices = sorted({c for _, param in uses for c in param.choices}) or None
         kind_type = {"floats": _floats, "pairs": _pairs}.get(kind, KIND_TYPES.get(kind))
-        p.add_argument(_flag(name), type=kind_type, choices=choices, help=_param_help(uses))
+        metavar = {"floats": "X,X,...", "pairs": "S:M,S:M,..."}.get(kind)
+        p.add_argument(_flag(name), type=kind_type, choices=choices, metavar=metavar, help=_param_help(uses))
     p.add_argument("--align", choices=("correlation", "weights"), default="correlation",
                    help="how an alignment is computed (permute; --align-to-base), default correlation")
     p.add_argument("--align-to-base", action="store_true", help="task-vector methods: align both models to --base first")
