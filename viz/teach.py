@@ -85,7 +85,7 @@ def timeline_strip(starts: Sequence[float], window: float, duration: float,
     centres = starts + window / 2
     bounds = np.concatenate([[0.0], (centres[1:] + centres[:-1]) / 2, [duration]])
     tasks = list(next(iter(tops.values())))
-    palette = qualitative.Light24
+    palette = qualitative.Pastel + qualitative.Set3  # light colours under black text, 23 before repeating
     fig = go.Figure()
     lanes = []
     for task in tasks:
@@ -101,6 +101,7 @@ def timeline_strip(starts: Sequence[float], window: float, duration: float,
                 base=[start for _, start, _, _ in segments], orientation="h", showlegend=False,
                 marker=dict(color=[colours[label] for label, *_ in segments], line=dict(color="white", width=1)),
                 text=[label for label, *_ in segments], textposition="inside", insidetextanchor="middle",
+                textfont=dict(color="black"),
                 customdata=[[start, end, p] for _, start, end, p in segments],
                 hovertemplate=f"{lane}<br>%{{text}} (%{{customdata[2]:.0%}})<br>%{{customdata[0]:.2f}}–%{{customdata[1]:.2f}} s"
                               "<extra></extra>"))
