@@ -1,12 +1,17 @@
 """Merge speed and alignment cost at HuBERT-base size (random weights), with same-run baselines.
 
-    python bench/bench_merge.py [--device cpu|cuda] [--repeats 5] [--calib-clips 32] [--skip-align] [--threads N]
+    python bench/bench_merge.py [--device cpu|cuda] [--repeats 5] [--calib-clips 96] [--batch 16] [--skip-merge | --skip-align] [--music MERT-v1-95M] [--threads N]
 
-Prints, for `linear` (into new tensors, and `linear_into` preallocated ones) and for `permute` (apply the alignment's permutations, then `linear`;
-and again as a slider does, re-merging with one `Alignment`, which keeps its re-ordered music weights on a CPU), the
-median time and its ratio to `torch.lerp` over preallocated flat buffers of the same size; then the
-HuBERT-base invariance check (random permutations leave hidden states unchanged up to the residual
-order) and the seconds per stage of a full correlation alignment of two random base-size encoders.
+Prints, for `linear` (into new tensors, and `linear_into` preallocated ones) and for `permute` (apply the
+alignment's permutations, then `linear`), the median time and its ratio to `torch.lerp` over
+preallocated flat buffers of the same size; then the HuBERT-base invariance check (random
+permutations leave hidden states unchanged up to the residual order).
+
+Alignment: full-size stand-ins of facebook/hubert-base-ls960 and m-a-p/MERT-v0-public (written by
+scripts/make_standins.py into runs/standins/ when missing) aligned on the built-in calibration clips,
+against the plain forward passes of both encoders over the same clips and batches in the same run
+(timed before and after the alignment; their mean is the baseline). Targets: activations +
+correlation <= 1.5x the forward passes, the whole alignment (assignments included) <= 2x.
 """
 from __future__ import annotations
 
@@ -20,9 +25,10 @@ import torch
 from transformers import HubertConfig, HubertModel
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from merging.align import Alignment, GroupAlignment, correlation_align  # noqa: E402
-from merging.calibration import synthetic_signals  # noqa: E402
-from merging.encoders import Encoder  # noqa: E402
+from merging.align import PAPER_COMPONENTS, assignment_workers, correlation_align  # noqa: E402
+from merging.calibration import builtin_calibration  # noqa: E402
+from merging.encoders import load_encoder  # noqa: E402
+from merging.features import encoder_input, equal_length_batches  # noqa: E402
 from merging.methods import linear, linear_into, merge  # noqa: E402
 from merging.spec import COMPONENTS, apply_permutations, hubert_spec, random_permutations  # noqa: E402
 
@@ -76,11 +82,46 @@ def bench_merge(device: str, repeats: int) -> None:
     t_permute = timed(lambda: merge("permute", {"speech": speech, "music": music}, alignment=FixedAlignment(), alpha=0.3), repeats, device)
     print(f"apply permutations only (all components):       {t_apply * 1e3:8.1f} ms  ratio {t_apply / baseline:.2f}x")
     print(f"permute (apply permutations + linear):          {t_permute * 1e3:8.1f} ms  ratio {t_permute / baseline:.2f}x")
-    alignment = Alignment(spec, "weights", tuple(COMPONENTS), True,
-                          {name: GroupAlignment(name, "", None, perm, torch.empty(0), 0.0, 0.0) for name, perm in perms.items()})
-    t_slider = timed(lambda: merge("permute", {"speech": speech, "music": music}, alignment=alignment, alpha=0.3), repeats, device)
-    print(f"permute again with one Alignment (kept re-order): {t_slider * 1e3:6.1f} ms  ratio {t_slider / baseline:.2f}x"
-          + ("" if device == "cpu" else "  (kept on CPU only)"))
+
+
+def bench_pooled_merge(device: str, repeats: int) -> None:
+    """The app's merge path (merging.service): weights written straight into the pooled model's parameters,
+    and a repeated permute with the re-ordered music weights kept on the device, against the same lerp."""
+    from merging.encoders import Encoder
+    from merging.methods import linear_into, permute_into
+    from merging.service.pool import weights_of
+    from merging.service.weights import KeptWeights, Reordered
+
+    config = base_config()
+    speech, music = random_state(config, 0, device), random_state(config, 1, device)
+    flat_a, flat_b = torch.cat([t.flatten() for t in speech.values()]), torch.cat([t.flatten() for t in music.values()])
+    flat_out = torch.empty_like(flat_a)
+    baseline = timed(lambda: torch.lerp(flat_a, flat_b, 0.3, out=flat_out), repeats, device)
+    encoders = {}
+    for seed, name in [(0, "speech"), (1, "music")]:
+        torch.manual_seed(seed)
+        encoders[name] = Encoder(HubertModel(config).eval().to(device), 16000, False, name, f"random seed {seed}")
+    pooled = weights_of(HubertModel(config).eval().to(device))
+    kept = KeptWeights()
+    spec = hubert_spec(config)
+    perms = {k: v.to(device) for k, v in random_permutations(spec, COMPONENTS, torch.Generator().manual_seed(0)).items()}
+
+    class FixedAlignment:  # the alignment's apply step, without solving one
+        def apply(self, state):
+            return apply_permutations(state, spec, perms)
+
+    def inputs():
+        return kept.on(device, "speech", encoders["speech"]), kept.on(device, "music", encoders["music"])
+
+    def permute_pooled():
+        reordered = kept.reordered(device, "music", encoders["music"], ("bench",), FixedAlignment())
+        permute_into(pooled, *inputs(), alignment=Reordered(reordered), alpha=0.3)
+
+    t_linear = timed(lambda: linear_into(pooled, *inputs(), alpha=0.3), repeats, device)
+    t_permute = timed(permute_pooled, repeats, device)  # the warm-up run re-orders; the timed ones reuse it
+    print(f"baseline torch.lerp, flat preallocated buffers (same run): {baseline * 1e3:8.1f} ms")
+    print(f"linear into the pooled model:                   {t_linear * 1e3:8.1f} ms  ratio {t_linear / baseline:.2f}x")
+    print(f"repeated permute into the pooled model:         {t_permute * 1e3:8.1f} ms  ratio {t_permute / baseline:.2f}x")
 
 
 def bench_invariance(device: str) -> None:
@@ -103,36 +144,74 @@ def bench_invariance(device: str) -> None:
           f"max |diff| {worst:.2e} (sorted channels {sorted_worst:.2e}) -> {verdict}")
 
 
-def bench_alignment(device: str, clips: int) -> None:
-    config = base_config()
+def standin_encoders(device: str, music: str) -> list:
+    """The speech and music stand-ins, written into runs/standins/ first if they are not there."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
+    from make_standins import DEFAULT_OUT, write_standin
+
     encoders = []
-    for seed, name in [(0, "speech"), (1, "music")]:
-        torch.manual_seed(seed)
-        encoders.append(Encoder(model=HubertModel(config).eval().to(device), sample_rate=16000, normalize=False, name=name, source=f"random seed {seed}"))
-    calibration = synthetic_signals(clips, seconds=1.0)
+    for seed, name in enumerate(("hubert-base-ls960", music)):
+        folder = DEFAULT_OUT / name
+        if not (folder / "pytorch_model.bin").is_file():
+            write_standin(name, DEFAULT_OUT, seed=seed)
+        encoders.append(load_encoder(folder, device=device))
+    return encoders
+
+
+def forward_passes(encoders, batches, device: str) -> float:
+    """Seconds for the plain forward passes of every encoder over every batch."""
+    if device == "cuda":
+        torch.cuda.synchronize()
     start = time.perf_counter()
-    alignment = correlation_align(*encoders, calibration, 16000, components=COMPONENTS, batch_size=8)
+    with torch.no_grad():
+        for batch in batches:
+            for encoder in encoders:
+                encoder.model(encoder_input(encoder, batch, 16000))
+    if device == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter() - start
+
+
+def bench_alignment(device: str, n_clips: int, batch_size: int, music: str) -> None:
+    encoders = standin_encoders(device, music)
+    clips, source = builtin_calibration(limit=n_clips)
+    batches = list(equal_length_batches(clips, batch_size))
+    before = forward_passes(encoders, batches, device)
+    start = time.perf_counter()
+    alignment = correlation_align(*encoders, clips, 16000, components=PAPER_COMPONENTS, batch_size=batch_size)
     total = time.perf_counter() - start
-    stages = ", ".join(f"{k} {v:.1f}s" for k, v in alignment.timings.items())
-    print(f"alignment of two random base-size encoders on {clips} x 1 s clips (cnn, res, ffn, attn): {total:.1f}s total ({stages})")
+    after = forward_passes(encoders, batches, device)
+    baseline = (before + after) / 2
+    t = alignment.timings
+    print(f"alignment of the {encoders[0].name} and {encoders[1].name} stand-ins on {len(clips)} {source} "
+          f"({', '.join(PAPER_COMPONENTS)}; batches of {batch_size}; {assignment_workers()} assignment threads)")
+    print(f"  plain forward passes of both encoders: {before:.1f}s before, {after:.1f}s after -> baseline {baseline:.1f}s")
+    print(f"  activations {t['activations']:.1f}s + correlation {t['correlation']:.1f}s = "
+          f"{t['activations'] + t['correlation']:.1f}s  ratio {(t['activations'] + t['correlation']) / baseline:.2f}x (target <= 1.5x)")
+    print(f"  assignments {t['assignment']:.1f}s; whole alignment {total:.1f}s  ratio {total / baseline:.2f}x (target <= 2x)")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--calib-clips", type=int, default=32)
+    parser.add_argument("--calib-clips", type=int, default=96)
+    parser.add_argument("--batch", type=int, default=16, help="calibration clips per batch")
+    parser.add_argument("--music", default="MERT-v0-public", help="music stand-in: MERT-v0-public (16 kHz) or MERT-v1-95M (24 kHz)")
     parser.add_argument("--skip-align", action="store_true")
+    parser.add_argument("--skip-merge", action="store_true", help="only the alignment")
     parser.add_argument("--threads", type=int, help="torch CPU threads (1 keeps ratios steady on a shared machine)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, device {args.device}"
           + (f" ({torch.cuda.get_device_name()})" if args.device == "cuda" else ""))
-    bench_merge(args.device, args.repeats)
-    bench_invariance(args.device)
+    if not args.skip_merge:
+        bench_merge(args.device, args.repeats)
+        bench_pooled_merge(args.device, args.repeats)
+        bench_invariance(args.device)
     if not args.skip_align:
-        bench_alignment(args.device, args.calib_clips)
+        bench_alignment(args.device, args.calib_clips, args.batch, args.music)
 
 
 if __name__ == "__main__":

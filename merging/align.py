@@ -2,64 +2,72 @@
 
 Both return an `Alignment`: per permutation group, the permutation that moves the music encoder's
 units into the speech encoder's order, the similarity matrix it was solved on (speech units x music
-units, music in its original order) and the mean diagonal similarity before and after.
+units, music in its original order) and the mean diagonal similarity before and after. The rules
+behind the groups and the matching are in docs/permutations.md.
 """
 from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 from scipy.optimize import linear_sum_assignment
 
-from .features import activation_keys, activations, encoder_input, equal_length_batches, match_frames
-from .spec import COMPONENTS, LOCAL, PermutationSpec, apply_permutations, blocked_permutation
+from .features import Tap, activation_taps, encoder_input, equal_length_batches, run_tapped
+from .spec import COMPONENTS, PermGroup, PermutationSpec, apply_permutations, blocked_permutation
 from .state import MergeError, StateDict
 
 Progress = Callable[[float, str], None]
 PAPER_COMPONENTS = ("cnn", "ffn", "attn")  # what arXiv 2506.11403 permuted (its best ablation)
+PASSES_SHARE = 0.9  # of the progress bar: the calibration passes; the assignments fill the rest
 
 
-@dataclass
+@dataclass(frozen=True)
 class GroupAlignment:
-    name: str
-    component: str
-    layer: int | None
-    perm: torch.Tensor
+    group: PermGroup
+    perm: torch.Tensor  # on the CPU
     similarity: torch.Tensor  # (speech units, music units), music in its original order
     before: float  # mean matched score (|C| when matched on absolute values) in the identity order
     after: float  # the same once the music units are permuted
 
+    @property
+    def name(self) -> str:
+        return self.group.name
 
-@dataclass
+    @property
+    def component(self) -> str:
+        return self.group.component
+
+    @property
+    def kind(self) -> str:
+        return self.group.kind
+
+    @property
+    def layer(self) -> int | None:
+        return self.group.layer
+
+
+@dataclass(frozen=True)
 class Alignment:
+    """A solved alignment: a value (nothing in it changes once made; re-ordered weights are the caller's to keep)."""
+
     spec: PermutationSpec
     method: str  # "correlation" | "weights"
     components: tuple[str, ...]
     absolute: bool
     groups: dict[str, GroupAlignment]
     timings: dict[str, float] = field(default_factory=dict)
-    _last: tuple | None = field(default=None, init=False, repr=False, compare=False)
 
     @property
     def perms(self) -> dict[str, torch.Tensor]:
         return {name: group.perm for name, group in self.groups.items()}
 
     def apply(self, music: StateDict) -> StateDict:
-        """The music state dict moved into the speech encoder's basis (an exact re-ordering).
-
-        On a CPU the last result is kept: each slider release re-merges the same music weights, and
-        re-ordering them costs several times the merge itself there. A hit needs the very same input
-        tensors, unchanged in place (their version counters), and the kept result unchanged too."""
-        last = self._last
-        if last is not None and _unchanged(last[0], music) and _unchanged(last[1], last[2]):
-            return dict(last[2])
-        out = apply_permutations(music, self.spec, self.perms)
-        on_cpu = all(tensor.device.type == "cpu" for tensor in music.values())
-        self._last = (_versions(music), _versions(out), out) if on_cpu else None
-        return dict(out)
+        """The music state dict moved into the speech encoder's basis (an exact re-ordering)."""
+        return apply_permutations(music, self.spec, self.perms)
 
     def summary(self, with_perms: bool = True) -> dict:
         """JSON-ready record for merge_config.json (no matrices)."""
@@ -69,20 +77,11 @@ class Alignment:
             "absolute": self.absolute,
             "groups": {
                 name: {"before": round(g.before, 6), "after": round(g.after, 6), "component": g.component,
-                       "layer": g.layer, **({"perm": g.perm.tolist()} if with_perms else {})}
+                       "kind": g.kind, "layer": g.layer, **({"perm": g.perm.tolist()} if with_perms else {})}
                 for name, g in self.groups.items()
             },
             "timings_s": {k: round(v, 3) for k, v in self.timings.items()},
         }
-
-
-def _versions(state: StateDict) -> dict[str, tuple[torch.Tensor, int]]:
-    return {name: (tensor, tensor._version) for name, tensor in state.items()}
-
-
-def _unchanged(versions: dict[str, tuple[torch.Tensor, int]], state: StateDict) -> bool:
-    return versions.keys() == state.keys() and all(
-        tensor is state[name] and tensor._version == version for name, (tensor, version) in versions.items())
 
 
 # -- assignment -----------------------------------------------------------------------------------
@@ -95,8 +94,8 @@ def _assign(score: np.ndarray) -> tuple[np.ndarray, float]:
 def solve_blocked(scores: Sequence[torch.Tensor], block: int) -> list[torch.Tensor]:
     """Maximise the summed trace of `scores` under permutations that share one block order.
 
-    Hierarchical (DESIGN.md): an assignment inside every pair of blocks, then one between blocks on
-    the summed gains. With block 1 (no constraint) it is a single plain assignment per matrix.
+    Hierarchical (docs/permutations.md): an assignment inside every pair of blocks, then one between
+    blocks on the summed gains. With block 1 (no constraint) it is a single plain assignment per matrix.
     """
     if block == 1:
         return [torch.from_numpy(_assign(s.double().cpu().numpy())[0]) for s in scores]
@@ -128,58 +127,166 @@ def _tied_units(spec: PermutationSpec, names: Sequence[str]) -> list[tuple[str, 
     return units
 
 
-def _group_alignment(spec, name, similarity: torch.Tensor, perm: torch.Tensor, absolute: bool) -> GroupAlignment:
-    group = spec.groups[name]
+def _group_alignment(group: PermGroup, similarity: torch.Tensor, perm: torch.Tensor, absolute: bool) -> GroupAlignment:
     similarity = similarity.float().cpu()
     objective = similarity.abs() if absolute else similarity
     before, after = objective.diagonal().mean().item(), objective[torch.arange(len(perm)), perm].mean().item()
-    return GroupAlignment(name, group.component, group.layer, perm, similarity, before, after)
+    return GroupAlignment(group, perm, similarity, before, after)
 
 
-def _solve_all(spec, similarities: dict[str, torch.Tensor], absolute: bool) -> dict[str, GroupAlignment]:
-    result = {}
-    for unit in _tied_units(spec, list(similarities)):
-        scores = [similarities[name].abs() if absolute else similarities[name] for name in unit]
-        for name, perm in zip(unit, solve_blocked(scores, spec.groups[unit[0]].block)):
-            result[name] = _group_alignment(spec, name, similarities[name], perm, absolute)
+def assignment_workers() -> int:
+    """Threads for the assignments (scipy's solver releases the GIL): torch's CPU thread budget."""
+    return max(1, torch.get_num_threads())
+
+
+def _solve_all(spec, similarities: dict[str, torch.Tensor], absolute: bool,
+               progress: Callable[[float], None] | None = None) -> dict[str, GroupAlignment]:
+    """Every unit's assignment, in parallel threads, largest first (their cost grows ~ size^3)."""
+    units = sorted(_tied_units(spec, list(similarities)), key=lambda unit: -spec.groups[unit[0]].size)
+    work = {unit: spec.groups[unit[0]].size ** 3 / spec.groups[unit[0]].block for unit in units}
+    scores = {unit: [similarities[n].abs() if absolute else similarities[n] for n in unit] for unit in units}
+    result, done = {}, 0.0
+    with ThreadPoolExecutor(max_workers=assignment_workers()) as pool:
+        futures = {pool.submit(solve_blocked, scores[unit], spec.groups[unit[0]].block): unit for unit in units}
+        for future in as_completed(futures):
+            unit = futures[future]
+            for name, perm in zip(unit, future.result()):
+                result[name] = _group_alignment(spec.groups[name], similarities[name], perm, absolute)
+            done += work[unit]
+            if progress:
+                progress(done / sum(work.values()))
     return {name: result[name] for name in similarities}
 
 
 # -- correlation matching -------------------------------------------------------------------------
 
 class CrossCorrelation:
-    """Streaming standardised cross-correlation of two sets of units over frames (float64 sums).
+    """Streaming standardised cross-correlation of two sets of units over frames.
 
-    Each batch is shifted by the first batch's means before the float32 product, so the sums do not
-    lose the covariance to cancellation; the shift leaves the correlation unchanged.
+    Each batch is shifted by the first batch's means, so the sums do not lose the covariance to
+    cancellation (the shift leaves the correlation unchanged). A batch costs one in-place matrix
+    product and two column sums per side, in the inputs' precision; the running totals move into
+    float64 every `FLUSH_ROWS` frames, which bounds the rounding of long runs.
     """
+
+    FLUSH_ROWS = 1 << 15
 
     def __init__(self) -> None:
         self.count = 0
+        self.pending = 0
+        self.totals: list[torch.Tensor] | None = None  # float64 [sum_a, sum_b, sq_a, sq_b, cross] once flushed
 
     def update(self, a: torch.Tensor, b: torch.Tensor) -> None:
         a, b = a.reshape(-1, a.shape[-1]).float(), b.reshape(-1, b.shape[-1]).float()
         if self.count == 0:
             self.shift_a, self.shift_b = a.mean(0), b.mean(0)
-            zeros = lambda n: torch.zeros(n, dtype=torch.float64, device=a.device)
-            self.sum_a, self.sum_b = zeros(a.shape[1]), zeros(b.shape[1])
-            self.sq_a, self.sq_b = zeros(a.shape[1]), zeros(b.shape[1])
-            self.cross = torch.zeros(a.shape[1], b.shape[1], dtype=torch.float64, device=a.device)
+            vector = lambda n: torch.zeros(n, device=a.device)
+            self.running = [vector(a.shape[1]), vector(b.shape[1]), vector(a.shape[1]), vector(b.shape[1]),
+                            torch.zeros(a.shape[1], b.shape[1], device=a.device)]
         a, b = a - self.shift_a, b - self.shift_b
+        sum_a, sum_b, sq_a, sq_b, cross = self.running
+        sum_a += a.sum(0)
+        sum_b += b.sum(0)
+        sq_a += (a * a).sum(0)
+        sq_b += (b * b).sum(0)
+        cross.addmm_(a.T, b)
         self.count += a.shape[0]
-        self.sum_a += a.sum(0, dtype=torch.float64)
-        self.sum_b += b.sum(0, dtype=torch.float64)
-        self.sq_a += (a * a).sum(0, dtype=torch.float64)
-        self.sq_b += (b * b).sum(0, dtype=torch.float64)
-        self.cross += (a.T @ b).double()
+        self.pending += a.shape[0]
+        if self.pending >= self.FLUSH_ROWS:
+            self._flush()
+
+    def _flush(self) -> None:
+        if self.totals is None:
+            self.totals = [torch.zeros_like(t, dtype=torch.float64) for t in self.running]
+        for total, running in zip(self.totals, self.running):
+            total += running
+            running.zero_()
+        self.pending = 0
 
     def matrix(self, eps: float = 1e-7) -> torch.Tensor:
+        if self.totals is not None:
+            self._flush()
+        totals = self.totals or [t.double() if t.dim() == 1 else t for t in self.running]
         n = self.count
-        mean_a, mean_b = self.sum_a / n, self.sum_b / n
-        std_a = (self.sq_a / n - mean_a**2).clamp_min(0).sqrt()
-        std_b = (self.sq_b / n - mean_b**2).clamp_min(0).sqrt()
-        cov = self.cross / n - torch.outer(mean_a, mean_b)
-        return (cov / (torch.outer(std_a, std_b) + eps)).float()
+        sum_a, sum_b, sq_a, sq_b, cross = totals
+        mean_a, mean_b = sum_a / n, sum_b / n
+        std_a = (sq_a / n - mean_a**2).clamp_min(0).sqrt()
+        std_b = (sq_b / n - mean_b**2).clamp_min(0).sqrt()
+        cov = torch.addr(cross, mean_a.to(cross.dtype), mean_b.to(cross.dtype), beta=1 / n, alpha=-1)
+        return cov.div_(torch.outer(std_a, std_b).add_(eps).to(cross.dtype)).float()
+
+
+def frame_positions(frames: int, keep: int, generator: torch.Generator) -> torch.Tensor | None:
+    """`keep` of `frames` frame indices, one drawn at random from each of `keep` equal strata (all
+    frames, None, when keep >= frames). Stratified: every part of a clip is seen, and no periodic
+    signal aliases with a fixed stride."""
+    if keep >= frames:
+        return None
+    edges = torch.arange(keep + 1, dtype=torch.float64) * frames / keep
+    low = edges[:-1].floor()
+    return (low + torch.rand(keep, generator=generator, dtype=torch.float64) * (edges[1:].floor() - low)).long()
+
+
+def frames_at(x: torch.Tensor, positions: torch.Tensor | None, frames: int) -> torch.Tensor:
+    """(batch, len(positions), units): `x` (batch, frames', units) read at `positions` of a `frames`-long
+    time line, linearly interpolated where frames' != frames (as `features.match_frames`, at those
+    frames only); every frame (resampled if needed) when positions is None."""
+    if positions is None:
+        if x.shape[1] == frames:
+            return x
+        positions = torch.arange(frames)
+    positions = positions.to(x.device)
+    if x.shape[1] == frames:
+        return x[:, positions]
+    source = ((positions.double() + 0.5) * (x.shape[1] / frames) - 0.5).clamp_min(0)
+    low = source.floor().long().clamp_max(x.shape[1] - 1)
+    high = (low + 1).clamp_max(x.shape[1] - 1)
+    weight = (source - low).to(x.dtype)[None, :, None]
+    return torch.lerp(x[:, low], x[:, high], weight)
+
+
+@dataclass
+class _Streams:
+    """Per-tap accumulators fed while the two encoders run: the speech pass leaves each tap's
+    (subsampled) activations here, the music pass consumes them at once, layer by layer."""
+
+    conv_kept: dict[int, int] = field(default_factory=dict)  # conv layer -> frames kept per clip
+    stats: dict[Tap, CrossCorrelation] = field(default_factory=dict)
+    pending: dict[Tap, tuple] = field(default_factory=dict)
+    seconds: float = 0.0  # spent in the correlation products
+    generator: torch.Generator = field(default_factory=lambda: torch.Generator().manual_seed(0))
+
+    def keep_speech(self, tap: Tap, x: torch.Tensor) -> None:
+        frames = x.shape[1]
+        keep = self.conv_kept.get(tap.layer, frames) if tap.kind == "conv" else frames
+        positions = frame_positions(frames, keep, self.generator)
+        self.pending[tap] = (x if positions is None else x[:, positions.to(x.device)], positions, frames)
+
+    def add_music(self, tap: Tap, x: torch.Tensor) -> None:
+        start = time.perf_counter()
+        speech, positions, frames = self.pending.pop(tap)
+        self.stats.setdefault(tap, CrossCorrelation()).update(speech, frames_at(x.to(speech.device), positions, frames))
+        self.seconds += time.perf_counter() - start
+
+
+def conv_frames_kept(model, clip_samples: int, per_frame: int = 4) -> dict[int, int]:
+    """Frames per clip kept for each conv layer: `per_frame` times the transformer's frames. The early
+    layers run at up to 64x the transformer's rate with strongly overlapping receptive fields, so a
+    stratified subsample of their frames gives the same correlations (docs/permutations.md)."""
+    frames, kept = clip_samples, {}
+    config = model.config
+    for layer, (kernel, stride) in enumerate(zip(config.conv_kernel, config.conv_stride)):
+        frames = (frames - kernel) // stride + 1
+        kept[layer] = frames
+    last = max(kept[len(kept) - 1], 1)
+    return {layer: min(frames, per_frame * last) for layer, frames in kept.items()}
+
+
+def _eta(elapsed: float, done: int, total: int) -> str:
+    if not done:
+        return ""
+    left = elapsed / done * (total - done)
+    return f" · about {left:.0f} s left for the clips" if left >= 10 else f" · about {left:.1f} s left for the clips"
 
 
 def correlation_align(
@@ -191,13 +298,17 @@ def correlation_align(
     components: Sequence[str] = PAPER_COMPONENTS,
     absolute: bool = True,
     batch_size: int = 16,
+    conv_frames_per_frame: int | None = 4,
     progress: Progress | None = None,
 ) -> Alignment:
     """Correlation-permutation alignment (arXiv 2506.11403) of `music` to `speech` on calibration clips.
 
     `speech`/`music` are encoders (`merging.encoders.Encoder`: model, sample_rate, normalize); the
     clips are mono float arrays at `sample_rate`, resampled to each encoder's rate on the way in.
-    `absolute` matches on |C| as the paper did; False matches on signed correlation.
+    `absolute` matches on |C| as the paper did; False matches on signed correlation. Statistics
+    accumulate on the encoders' device as the music pass reaches each layer; conv layers keep
+    `conv_frames_per_frame` frames per transformer frame (None: every frame). `progress(fraction,
+    message)` is called after every encoder pass, with an estimate of the time left.
     """
     from .encoders import check_compatible
 
@@ -207,34 +318,35 @@ def correlation_align(
     names = spec.select(components)
     if not clips:
         raise MergeError("correlation alignment needs at least one calibration clip")
-    keys = activation_keys(speech.model, names)
-    accumulators = {key: CrossCorrelation() for key in keys}
-    timings = {"activations": 0.0, "correlation": 0.0}
+    taps = activation_taps([spec.groups[name] for name in names])
     batches = list(equal_length_batches(clips, batch_size))
-    for step, batch in enumerate(batches):
-        start = time.perf_counter()
-        acts_speech = activations(speech, encoder_input(speech, batch, sample_rate), keys)
-        acts_music = activations(music, encoder_input(music, batch, sample_rate), keys)
-        timings["activations"] += time.perf_counter() - start
-        start = time.perf_counter()
-        for key in keys:
-            a = acts_speech[key]
-            accumulators[key].update(a, match_frames(acts_music[key].to(a.device), a.shape[1]))
-        timings["correlation"] += time.perf_counter() - start
+    started, done = time.perf_counter(), 0
+    streams = _Streams()
+    for batch in batches:
+        if conv_frames_per_frame is not None:
+            samples = round(len(batch[0]) * speech.sample_rate / sample_rate)
+            streams.conv_kept = conv_frames_kept(speech.model, samples, conv_frames_per_frame)
+        run_tapped(speech, encoder_input(speech, batch, sample_rate), taps, streams.keep_speech)
         if progress:
-            progress((step + 1) / len(batches), f"calibration batch {step + 1}/{len(batches)}")
+            elapsed = time.perf_counter() - started
+            progress(PASSES_SHARE * (done + len(batch) / 2) / len(clips),
+                     f"calibration clips {done}/{len(clips)}, speech pass{_eta(elapsed, done + len(batch) / 2, len(clips))}")
+        run_tapped(music, encoder_input(music, batch, sample_rate), taps, streams.add_music)
+        done += len(batch)
+        if progress:
+            elapsed = time.perf_counter() - started
+            progress(PASSES_SHARE * done / len(clips), f"calibration clips {done}/{len(clips)}{_eta(elapsed, done, len(clips))}")
+    passes = time.perf_counter() - started
     start = time.perf_counter()
     similarities = {}
-    for name in names:
-        if name.endswith(".qk"):  # q and k rows share one order: match on both
-            stem = name[:-3]
-            similarities[name] = (accumulators[stem + ".q"].matrix() + accumulators[stem + ".k"].matrix()) / 2
-        else:
-            similarities[name] = accumulators[name].matrix()
-    timings["correlation"] += time.perf_counter() - start
+    for name in names:  # a query/key group is matched on both projections
+        matrices = [streams.stats[tap].matrix() for tap in taps if tap.group == name]
+        similarities[name] = sum(matrices) / len(matrices)
+    correlation = streams.seconds + time.perf_counter() - start
     start = time.perf_counter()
-    groups = _solve_all(spec, similarities, absolute)
-    timings["assignment"] = time.perf_counter() - start
+    assigned = (lambda f: progress(PASSES_SHARE + (1 - PASSES_SHARE) * f, "assignments")) if progress else None
+    groups = _solve_all(spec, similarities, absolute, assigned)
+    timings = {"activations": passes - streams.seconds, "correlation": correlation, "assignment": time.perf_counter() - start}
     return Alignment(spec, "correlation", components, absolute, groups, timings)
 
 
@@ -266,8 +378,9 @@ def _scored_axes(spec, name) -> list[tuple[str, int]]:
     positional conv) has no linear score and is left out."""
     pairs = []
     for weight, axes in spec.axes.items():
-        if name in axes and sum(a is not None and a.removesuffix(LOCAL) == name for a in axes) == 1:
-            pairs.append((weight, axes.index(name)))
+        on = [index for index, axis in enumerate(axes) if axis is not None and axis.group == name]
+        if len(on) == 1 and not axes[on[0]].within_blocks:
+            pairs.append((weight, on[0]))
     return pairs
 
 
@@ -308,7 +421,7 @@ def weight_align(
     for name in names:
         score = _weight_similarity(spec, speech, music, perms, name)
         norms = torch.outer(_unit_norms(spec, speech, name), _unit_norms(spec, music, name))
-        groups[name] = _group_alignment(spec, name, score / norms.clamp_min(1e-12), perms[name], False)
+        groups[name] = _group_alignment(spec.groups[name], score / norms.clamp_min(1e-12), perms[name], False)
     return Alignment(spec, "weights", components, False, groups, {"weight_matching": time.perf_counter() - start})
 
 

@@ -115,7 +115,8 @@ def run_merge(args) -> str:
         components = [c.strip() for c in args.components.split(",") if c.strip()]
         for moving, target in pairs:
             with tqdm(total=100, desc=f"aligning {moving} to {target}", unit="%", leave=False) as bar:
-                def progress(fraction, _message, bar=bar):
+                def progress(fraction, message, bar=bar):  # the message carries the clips' time estimate
+                    bar.set_postfix_str(message, refresh=False)
                     bar.update(round(fraction * 100) - bar.n)
                 alignments[moving] = align(encoders[target], encoders[moving], how=args.align, clips=clips,
                                            components=components, absolute=not args.signed, progress=progress)

@@ -1,13 +1,16 @@
 """Running an encoder on audio: model inputs, batching, and activations captured with hooks."""
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from transformers import HubertModel
+
+from .spec import PermGroup
 
 
 def encoder_input(encoder, clips: Sequence[np.ndarray], sample_rate: int) -> torch.Tensor:
@@ -37,59 +40,77 @@ def equal_length_batches(clips: Sequence[np.ndarray], batch_size: int) -> Iterat
             yield group[start : start + batch_size]
 
 
-def activation_keys(model: HubertModel, groups: Sequence[str]) -> list[str]:
-    """The activations each permutation group is matched on (see DESIGN.md, Correlation)."""
-    keys: list[str] = []
+@dataclass(frozen=True)
+class Tap:
+    """Where a permutation group's activations are read: `kind` of layer `layer` ('q'/'k' split a
+    query/key group, whose units are matched on both projections)."""
+
+    group: str
+    kind: str  # "conv" | "res" | "q" | "k" | "vo" | "ffn"
+    layer: int | None = None
+
+
+def activation_taps(groups: Sequence[PermGroup]) -> list[Tap]:
+    """The activations each permutation group is matched on (docs/permutations.md, Correlation)."""
+    taps: list[Tap] = []
     for group in groups:
-        if group.endswith(".qk"):
-            keys += [group[:-3] + ".q", group[:-3] + ".k"]
-        else:
-            keys.append(group)
-    return keys
+        parts = ("q", "k") if group.kind == "qk" else (group.kind,)
+        taps += [Tap(group.name, part, group.layer) for part in parts]
+    return taps
 
 
-def _hook_points(model: HubertModel, key: str):
-    """(module, 'output' | 'input') whose tensor holds the activations for `key`."""
-    if key.startswith("conv"):
-        return model.feature_extractor.conv_layers[int(key[4:])], "output"
-    if key.startswith("ffn"):
-        return model.encoder.layers[int(key[3:])].feed_forward.output_dense, "input"
-    layer, part = key[4:].split(".")
-    attention = model.encoder.layers[int(layer)].attention
-    return {"q": (attention.q_proj, "output"), "k": (attention.k_proj, "output"), "vo": (attention.out_proj, "input")}[part]
+def _hook_point(model: HubertModel, tap: Tap):
+    """(module, 'output' | 'input') whose tensor holds the activations of `tap`."""
+    if tap.kind == "conv":
+        return model.feature_extractor.conv_layers[tap.layer], "output"
+    layer = model.encoder.layers[tap.layer]
+    if tap.kind == "ffn":
+        return layer.feed_forward.output_dense, "input"
+    attention = layer.attention
+    return {"q": (attention.q_proj, "output"), "k": (attention.k_proj, "output"), "vo": (attention.out_proj, "input")}[tap.kind]
+
+
+Sink = Callable[[Tap, torch.Tensor], None]
 
 
 @contextmanager
-def captured(model: HubertModel, keys: Sequence[str]) -> Iterator[dict[str, torch.Tensor]]:
-    """Hooks that store, per key, the latest (batch, frames, units) activations of `model`."""
-    store: dict[str, torch.Tensor] = {}
+def tapped(model: HubertModel, taps: Sequence[Tap], sink: Sink) -> Iterator[None]:
+    """Hooks that hand `sink` each tap's (batch, frames, units) activations as the model computes them
+    (conv outputs arrive as a channels-last view); 'res' taps are left to the caller (hidden states)."""
     handles = []
-    for key in keys:
-        if key == "res":
-            continue  # taken from the hidden states
-        module, where = _hook_points(model, key)
+    for tap in taps:
+        if tap.kind == "res":
+            continue
+        module, where = _hook_point(model, tap)
         if where == "output":
-            hook = lambda _m, _i, out, key=key: store.__setitem__(key, out.transpose(1, 2) if key.startswith("conv") else out)
+            transpose = tap.kind == "conv"
+            hook = lambda _m, _i, out, tap=tap, transpose=transpose: sink(tap, out.transpose(1, 2) if transpose else out)
             handles.append(module.register_forward_hook(hook))
         else:
-            hook = lambda _m, inputs, key=key: store.__setitem__(key, inputs[0])
-            handles.append(module.register_forward_pre_hook(hook))
+            handles.append(module.register_forward_pre_hook(lambda _m, inputs, tap=tap: sink(tap, inputs[0])))
     try:
-        yield store
+        yield
     finally:
         for handle in handles:
             handle.remove()
 
 
 @torch.no_grad()
-def activations(encoder, audio: torch.Tensor, keys: Sequence[str]) -> dict[str, torch.Tensor]:
-    """Activations as (batch, frames, units) per key; 'res' stacks every layer's hidden states on the batch axis."""
-    model = encoder.model
-    with captured(model, keys) as store:
-        output = model(audio, output_hidden_states="res" in keys)
-    if "res" in keys:
-        store["res"] = torch.cat(output.hidden_states, dim=0)
-    return dict(store)
+def run_tapped(encoder, audio: torch.Tensor, taps: Sequence[Tap], sink: Sink) -> None:
+    """One forward pass of `encoder` on `audio`, handing every tap's activations to `sink`; a 'res'
+    tap gets every layer's hidden states stacked on the batch axis."""
+    res = [tap for tap in taps if tap.kind == "res"]
+    with tapped(encoder.model, taps, sink):
+        output = encoder.model(audio, output_hidden_states=bool(res))
+    for tap in res:
+        sink(tap, torch.cat(output.hidden_states, dim=0))
+
+
+def activations(encoder, audio: torch.Tensor, taps: Sequence[Tap]) -> dict[Tap, torch.Tensor]:
+    """Activations as (batch, frames, units) per tap."""
+    store: dict[Tap, torch.Tensor] = {}
+    run_tapped(encoder, audio, taps, store.__setitem__)
+    return store
 
 
 def match_frames(x: torch.Tensor, frames: int) -> torch.Tensor:

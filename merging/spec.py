@@ -3,7 +3,7 @@
 Git Re-Basin's `PermutationSpec` idea: a declarative map from every weight to the permutation
 group acting on each of its axes, so that one generic routine (`apply_permutations`) permutes any
 state dict of the architecture. A permutation is a LongTensor `p` read as "new unit i = old unit p[i]".
-See ../shared/DESIGN.md for the rules encoded here.
+The rules encoded here, and why each keeps the network's function, are in docs/permutations.md.
 """
 from __future__ import annotations
 
@@ -16,25 +16,39 @@ from transformers import HubertConfig, HubertModel
 from .state import MergeError, StateDict
 
 COMPONENTS = ("cnn", "res", "ffn", "attn")
-LOCAL = ":local"  # axis suffix: the within-block order of a blocked group, taken per row's block
+KINDS = ("conv", "res", "qk", "vo", "ffn")  # what a group's units are: conv channels, residual stream, ...
 
 
 @dataclass(frozen=True)
 class PermGroup:
-    """One permutation: `size` units, moved as whole blocks of `block` units (heads, conv groups)."""
+    """One permutation: `size` units, moved as whole blocks of `block` units (heads, conv groups).
+
+    `component` is the ablation set it belongs to, `kind` which units it moves (conv channels, the
+    residual stream, an attention layer's query/key or value/output units, an FFN's hidden units)
+    and `layer` the index of its conv or transformer layer (None for the residual stream)."""
 
     name: str
     size: int
     component: str
+    kind: str
     layer: int | None = None
     block: int = 1
     tied_blocks: str | None = None  # another group whose block order this one must share
 
 
 @dataclass(frozen=True)
+class Axis:
+    """A group acting on one axis of a weight; `within_blocks`: only the group's within-block order,
+    taken per block of another axis (the grouped positional conv's input channels)."""
+
+    group: str
+    within_blocks: bool = False
+
+
+@dataclass(frozen=True)
 class PermutationSpec:
     groups: dict[str, PermGroup]
-    axes: dict[str, tuple[str | None, ...]]  # weight name -> group name per axis (None: not permuted)
+    axes: dict[str, tuple[Axis | None, ...]]  # weight name -> the group on each axis (None: not permuted)
     num_layers: int = 0
     extra: dict = field(default_factory=dict)
 
@@ -47,7 +61,8 @@ class PermutationSpec:
 
 
 def _axis_rules(config: HubertConfig) -> list[tuple[str, object]]:
-    """(regex, axes or function of the match giving axes) for every weight of a HubertModel."""
+    """(regex, axes or function of the match giving axes) for every weight of a HubertModel; a name
+    stands for `Axis(name)`."""
     last_conv = f"conv{len(config.conv_dim) - 1}"
     return [
         (r"masked_spec_embed", ("res",)),
@@ -62,7 +77,7 @@ def _axis_rules(config: HubertConfig) -> list[tuple[str, object]]:
         # weight norm over dims (0, 1): its per-tap magnitude is unchanged by any re-ordering
         (r"encoder\.pos_conv_embed\.conv\.(parametrizations\.weight\.original0|weight_g)", (None, None, None)),
         (r"encoder\.pos_conv_embed\.conv\.(parametrizations\.weight\.original1|weight_v|weight)",
-         ("res", "res" + LOCAL, None)),
+         ("res", Axis("res", within_blocks=True), None)),
         (r"encoder\.layer_norm\.(weight|bias)", ("res",)),
         (r"encoder\.layers\.(\d+)\.(layer_norm|final_layer_norm)\.(weight|bias)", ("res",)),
         (r"encoder\.layers\.(\d+)\.attention\.(q|k)_proj\.weight", lambda m: (f"attn{m[1]}.qk", "res")),
@@ -78,18 +93,22 @@ def _axis_rules(config: HubertConfig) -> list[tuple[str, object]]:
     ]
 
 
+def _axes(rule_axes: tuple) -> tuple[Axis | None, ...]:
+    return tuple(Axis(axis) if isinstance(axis, str) else axis for axis in rule_axes)
+
+
 def _groups(config: HubertConfig) -> dict[str, PermGroup]:
     hidden, heads = config.hidden_size, config.num_attention_heads
     pos_groups = config.num_conv_pos_embedding_groups
     if hidden % heads or hidden % pos_groups:
         raise MergeError(f"hidden_size {hidden} must divide into {heads} heads and {pos_groups} conv groups")
-    groups = [PermGroup(f"conv{i}", dim, "cnn", i) for i, dim in enumerate(config.conv_dim)]
-    groups.append(PermGroup("res", hidden, "res", block=hidden // pos_groups))
+    groups = [PermGroup(f"conv{i}", dim, "cnn", "conv", i) for i, dim in enumerate(config.conv_dim)]
+    groups.append(PermGroup("res", hidden, "res", "res", block=hidden // pos_groups))
     for layer in range(config.num_hidden_layers):
         head_dim = hidden // heads
-        groups.append(PermGroup(f"attn{layer}.qk", hidden, "attn", layer, head_dim))
-        groups.append(PermGroup(f"attn{layer}.vo", hidden, "attn", layer, head_dim, tied_blocks=f"attn{layer}.qk"))
-        groups.append(PermGroup(f"ffn{layer}", config.intermediate_size, "ffn", layer))
+        groups.append(PermGroup(f"attn{layer}.qk", hidden, "attn", "qk", layer, head_dim))
+        groups.append(PermGroup(f"attn{layer}.vo", hidden, "attn", "vo", layer, head_dim, tied_blocks=f"attn{layer}.qk"))
+        groups.append(PermGroup(f"ffn{layer}", config.intermediate_size, "ffn", "ffn", layer))
     return {group.name: group for group in groups}
 
 
@@ -103,12 +122,12 @@ def hubert_spec(config: HubertConfig, names: list[str] | None = None) -> Permuta
         with torch.device("meta"):
             names = list(HubertModel(config).state_dict())
     rules = [(re.compile(pattern), axes) for pattern, axes in _axis_rules(config)]
-    axes: dict[str, tuple[str | None, ...]] = {}
+    axes: dict[str, tuple[Axis | None, ...]] = {}
     for name in names:
         for pattern, rule in rules:
             match = pattern.fullmatch(name)
             if match:
-                axes[name] = rule(match) if callable(rule) else rule
+                axes[name] = _axes(rule(match) if callable(rule) else rule)
                 break
         else:
             raise MergeError(f"no permutation rule for weight '{name}': not a HuBERT-architecture encoder?")
@@ -176,20 +195,16 @@ def apply_permutations(state: StateDict, spec: PermutationSpec, perms: dict[str,
         axes = spec.axes.get(name)
         if axes is None:
             raise MergeError(f"weight '{name}' is not in the permutation spec")
-        for axis, group_name in enumerate(axes):
-            if group_name is None:
-                continue
-            base_name = group_name.removesuffix(LOCAL)
-            perm = perms.get(base_name)
+        for index, axis in enumerate(axes):
+            perm = perms.get(axis.group) if axis is not None else None
             if perm is None:
                 continue
             perm = perm.to(tensor.device)
-            if group_name.endswith(LOCAL):
-                local = _local_index(perm, spec.groups[base_name].block)
-                rows = local.repeat_interleave(spec.groups[base_name].block, dim=0)  # (out, block)
-                index = rows.view(*rows.shape, *([1] * (tensor.dim() - 2))).expand_as(tensor)
-                tensor = torch.gather(tensor, axis, index)
+            if axis.within_blocks:
+                block = spec.groups[axis.group].block
+                rows = _local_index(perm, block).repeat_interleave(block, dim=0)  # (out, block)
+                tensor = torch.gather(tensor, index, rows.view(*rows.shape, *([1] * (tensor.dim() - 2))).expand_as(tensor))
             else:
-                tensor = tensor.index_select(axis, perm)
+                tensor = tensor.index_select(index, perm)
         out[name] = tensor
     return out

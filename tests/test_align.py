@@ -1,10 +1,13 @@
+import dataclasses
 import itertools
 
 import numpy as np
 import pytest
 import torch
 
-from merging.align import CrossCorrelation, correlation_align, solve_blocked, weight_align
+from merging.align import (
+    CrossCorrelation, conv_frames_kept, correlation_align, frame_positions, frames_at, solve_blocked, weight_align,
+)
 from merging.encoders import Encoder
 from merging.features import encoder_input, match_frames
 from merging.spec import COMPONENTS, apply_permutations, hubert_spec, random_permutations
@@ -127,7 +130,9 @@ def test_blocked_assignment_keeps_blocks_and_ties():
     assert achieved == pytest.approx(brute, abs=1e-5)
 
 
-def test_streaming_correlation_matches_numpy_on_offset_data():
+@pytest.mark.parametrize("flush_rows", [1 << 15, 1000])  # float32 running sums only, and moved into float64 totals
+def test_streaming_correlation_matches_numpy_on_offset_data(monkeypatch, flush_rows):
+    monkeypatch.setattr(CrossCorrelation, "FLUSH_ROWS", flush_rows)
     rng = np.random.default_rng(0)
     a = rng.standard_normal((3000, 5)) * 0.01 + 1000.0  # large offset: naive float32 sums would cancel
     b = a @ rng.standard_normal((5, 4)) + rng.standard_normal((3000, 4)) * 0.001
@@ -136,6 +141,7 @@ def test_streaming_correlation_matches_numpy_on_offset_data():
         acc.update(torch.tensor(a[chunk:chunk + 700], dtype=torch.float32), torch.tensor(b[chunk:chunk + 700], dtype=torch.float32))
     expected = np.corrcoef(a.T, b.T)[:5, 5:]
     np.testing.assert_allclose(acc.matrix().numpy(), expected, atol=1e-3)
+    assert torch.equal(acc.matrix(), acc.matrix())  # reading leaves the statistics as they were
 
 
 def test_incompatible_pairs_and_empty_calibration_are_refused():
@@ -146,21 +152,79 @@ def test_incompatible_pairs_and_empty_calibration_are_refused():
         correlation_align(encoder(small), encoder(small, "music"), [], 16000)
 
 
-def test_apply_keeps_its_last_result_only_while_inputs_and_result_are_untouched():
+def test_an_alignment_is_a_frozen_value_and_apply_recomputes_from_its_input():
     speech = tiny_model(seed=1)
     alignment = weight_align(speech.state_dict(), tiny_model(seed=2).state_dict(), hubert_spec(speech.config))
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        alignment.groups["ffn0"].perm = torch.arange(64)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        alignment.method = "other"
+    assert not hasattr(alignment, "__dict__") or "_last" not in vars(alignment)
     music = {k: v.clone() for k, v in tiny_model(seed=2).state_dict().items()}
-    expected = apply_permutations(music, alignment.spec, alignment.perms)
-    first, second = alignment.apply(music), alignment.apply(music)
-    assert first is not second and all(first[k] is second[k] for k in first)  # kept, in a fresh dict
-    assert all(torch.equal(first[k], expected[k]) for k in expected)
+    first = alignment.apply(music)
     name = next(k for k, v in music.items() if v.is_floating_point() and v.ndim == 2)
-    music[name].mul_(2)  # an in-place change of the input is seen
-    changed = alignment.apply(music)
-    assert changed[name] is not first[name]
-    assert torch.equal(changed[name], apply_permutations(music, alignment.spec, alignment.perms)[name])
-    changed[name].zero_()  # and so is one of the kept result
+    music[name].mul_(2)  # an in-place change of the input is always seen: nothing is kept
     assert torch.equal(alignment.apply(music)[name], apply_permutations(music, alignment.spec, alignment.perms)[name])
-    kept = alignment.apply(music)
-    other = {k: v.clone() for k, v in music.items()}  # equal values, other tensors: recomputed
-    assert alignment.apply(other)[name] is not kept[name]
+    assert not torch.equal(alignment.apply(music)[name], first[name])
+
+
+def test_groups_are_described_by_structured_fields():
+    model = tiny_model(tiny_config(num_hidden_layers=3))
+    alignment = correlation_align(encoder(model), encoder(model, "music"), calibration(3), 16000, components=COMPONENTS)
+    spec = hubert_spec(model.config)
+    for name, group in alignment.groups.items():
+        assert group.group == spec.groups[name]
+        assert (group.component, group.kind, group.layer) == (spec.groups[name].component, spec.groups[name].kind, spec.groups[name].layer)
+    summary = alignment.summary(with_perms=False)["groups"]
+    assert summary["attn2.vo"]["kind"] == "vo" and summary["attn2.vo"]["layer"] == 2 and summary["res"]["layer"] is None
+
+
+def test_stratified_frame_positions_cover_the_clip_in_order():
+    positions = frame_positions(3199, 196, torch.Generator().manual_seed(0))
+    assert len(positions) == 196 and torch.all(positions[1:] > positions[:-1])
+    assert positions[0] < 3199 / 196 and positions[-1] >= 3199 - 3199 / 196 - 1 and positions[-1] < 3199
+    edges = (torch.arange(197, dtype=torch.float64) * 3199 / 196).floor()
+    assert torch.all((edges[:-1] <= positions) & (positions < edges[1:]))  # one frame from each stratum
+    assert frame_positions(100, 196, torch.Generator()) is None
+
+
+@pytest.mark.parametrize("frames", [37, 24])
+def test_frames_at_reads_the_resampled_time_line_at_the_kept_positions(frames):
+    x = torch.randn(2, 37, 5, generator=torch.Generator().manual_seed(0))
+    positions = frame_positions(24, 9, torch.Generator().manual_seed(1))
+    expected = match_frames(x, 24)[:, positions]
+    torch.testing.assert_close(frames_at(x, positions, 24), expected)
+    torch.testing.assert_close(frames_at(x, None, 24), match_frames(x, 24))
+    torch.testing.assert_close(frames_at(x[:, :frames], None, frames), x[:, :frames])
+
+
+def test_subsampled_conv_frames_give_the_statistics_of_every_frame():
+    model, other = tiny_model(seed=0), tiny_model(seed=1)
+    clips = calibration(12, seconds=1.0)
+    every = correlation_align(encoder(model), encoder(other, "music"), clips, 16000, components=("cnn",), conv_frames_per_frame=None)
+    kept = correlation_align(encoder(model), encoder(other, "music"), clips, 16000, components=("cnn",))
+    assert conv_frames_kept(model, 16000)[0] == 4 * 49 < 3199  # the early layers really are subsampled
+    for name, group in every.groups.items():
+        assert (group.similarity - kept.groups[name].similarity).abs().max() < 0.1, name
+        assert kept.groups[name].after == pytest.approx(group.after, abs=0.02), name
+
+
+def test_parallel_assignments_equal_one_at_a_time(monkeypatch):
+    model, other = tiny_model(seed=0), tiny_model(seed=1)
+    args = (encoder(model), encoder(other, "music"), calibration(4), 16000)
+    parallel = correlation_align(*args, components=COMPONENTS)
+    monkeypatch.setattr("merging.align.assignment_workers", lambda: 1)
+    serial = correlation_align(*args, components=COMPONENTS)
+    assert list(parallel.groups) == list(serial.groups)
+    assert all(torch.equal(parallel.groups[n].perm, serial.groups[n].perm) for n in serial.groups)
+
+
+def test_progress_starts_with_the_first_clip_and_estimates_the_time_left():
+    model, other = tiny_model(seed=0), tiny_model(seed=1)
+    calls = []
+    correlation_align(encoder(model), encoder(other, "music"), calibration(6), 16000, batch_size=2,
+                      progress=lambda fraction, message: calls.append((fraction, message)))
+    fractions = [f for f, _ in calls]
+    assert fractions == sorted(fractions) and fractions[-1] == pytest.approx(1.0) and 0 < fractions[0] <= 0.2
+    assert calls[0][1].startswith("calibration clips 0/6, speech pass · about ") and calls[0][1].endswith(" s left for the clips")
+    assert len(calls) > 6 and calls[-1][1] == "assignments"

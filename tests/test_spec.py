@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from merging.spec import (
-    COMPONENTS, LOCAL, apply_permutations, hubert_spec, identity_permutations, invert, random_permutations,
+    COMPONENTS, KINDS, apply_permutations, hubert_spec, identity_permutations, invert, random_permutations,
 )
 from merging.state import MergeError, state_checksum
 from tiny import TINY_VARIANTS, tiny_config, tiny_model
@@ -30,9 +30,11 @@ def test_spec_covers_every_weight_and_axis_sizes_match(variant):
     assert set(spec.axes) == set(state)
     for name, axes in spec.axes.items():
         assert len(axes) == state[name].dim(), name
-        for axis, group in enumerate(axes):
-            if group and not group.endswith(LOCAL):
-                assert state[name].shape[axis] == spec.groups[group].size, (name, axis)
+        for index, axis in enumerate(axes):
+            if axis is not None:
+                group = spec.groups[axis.group]
+                expected = group.block if axis.within_blocks else group.size
+                assert state[name].shape[index] == expected, (name, index)
 
 
 @pytest.mark.parametrize("variant", sorted(TINY_VARIANTS))
@@ -107,3 +109,19 @@ def test_bad_permutations_and_unknown_groups_are_refused():
     with pytest.raises(MergeError, match="unknown component"):
         spec.select(("cnn", "bogus"))
     assert set(COMPONENTS) == {g.component for g in spec.groups.values()}
+
+
+def test_groups_carry_their_component_kind_and_layer():
+    config = tiny_config(num_hidden_layers=3)
+    spec = hubert_spec(config)
+    for name, group in spec.groups.items():
+        assert group.kind in KINDS and group.name == name
+        if group.kind == "res":
+            assert group.layer is None and group.component == "res"
+        elif group.kind == "conv":
+            assert group.component == "cnn" and group.size == config.conv_dim[group.layer]
+        else:
+            assert 0 <= group.layer < 3 and group.component == ("ffn" if group.kind == "ffn" else "attn")
+    assert {(g.kind, g.layer) for g in spec.groups.values() if g.component == "attn"} == {
+        (kind, layer) for kind in ("qk", "vo") for layer in range(3)}
+    assert spec.groups["attn2.vo"].tied_blocks == "attn2.qk"
