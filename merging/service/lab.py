@@ -34,7 +34,6 @@ from .exports import ExportFolder
 from .pool import ModelPool, copying, torch_threads, weights_of
 from .probing import ProbeBench
 from .registry import EncoderRegistry
-from .teaching import Teaching
 from .session import ClipReport, LabSession, MergeRecipe, MergeResult, permutations_only, tradeoff_point
 from .weights import KeptWeights, Reordered
 
@@ -51,7 +50,7 @@ class EncoderRow:
     error: str | None = None
 
 
-class Lab(Teaching):
+class Lab:
     """Shared by every session of one server; thread-safe."""
 
     def __init__(self, config: LabConfig | None = None) -> None:
