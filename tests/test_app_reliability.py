@@ -69,7 +69,7 @@ def test_a_clip_path_that_was_not_uploaded_never_reaches_the_lab(app_server, mon
 @pytest.mark.parametrize("setting, message", [
     ({"alpha": 1.5}, "greater than maximum"),
     ({"alpha": -0.2}, "less than minimum"),
-    ({"method": "task_arithmetic", "lambda_speech": 1.8}, "greater than maximum"),
+    ({"method": "task_arithmetic", "lambda_speech": 2.5}, "greater than maximum"),
     ({"method": "ties", "lambda_music": -1}, "less than minimum"),
 ])
 def test_values_outside_a_sliders_range_are_refused_and_change_nothing(app_server, setting, message):

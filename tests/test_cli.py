@@ -43,6 +43,10 @@ def outputs(path):
     ("permute", ["--alpha", "0.5", "--align", "weights"]),
     ("task_arithmetic", ["--lambda-speech", "0.7", "--lambda-music", "0.3"]),
     ("task_arithmetic", ["--align-to-base", "--align", "weights"]),
+    ("task_arithmetic", ["--layer-lambdas", "1:0,0.5:0.5"]),
+    ("ties", ["--trim", "per_tensor", "--density", "0.5"]),
+    ("dare", ["--combine", "ties", "--drop", "0.5"]),
+    ("drm", ["--variant", "vertical", "--prune", "per_model"]),
     ("ties", []),
     ("dare", ["--seed", "3"]),
     ("drm", []),
@@ -107,14 +111,22 @@ def test_bad_inputs_give_one_line_errors_and_write_nothing(checkpoints, tmp_path
     assert not out.exists()
 
 
-def test_a_registered_method_gets_its_cli_choice_and_flags(checkpoints, tmp_path, capsys):
-    shift = Param("shift_by", 0.0, "added to every music weight", "shift", low=-1, high=1)
+def test_a_registered_method_gets_its_cli_flags_and_its_place_in_the_app(checkpoints, tmp_path, capsys):
+    import app
 
-    @register("test_shift", "the music encoder plus a constant", params=(shift,))
-    def shifted(speech, music, *, shift_by):
-        return {k: v + shift_by if v.is_floating_point() else v.clone() for k, v in music.items()}
+    shift = Param("shift_by", 0.0, "added to every music weight", "shift", low=-1, high=1)
+    alpha = Param("alpha", 0.5, "how much of the shift to apply", "α", low=0, high=1)
+
+    @register("test_shift", "the music encoder plus a constant", params=(shift, alpha))
+    def shifted(speech, music, *, shift_by, alpha):
+        return {k: v + alpha * shift_by if v.is_floating_point() else v.clone() for k, v in music.items()}
 
     try:
+        assert app.method_choices()[-1] == "test_shift"
+        note, alpha_slider, lambda_speech, lambda_music, layer_alphas = app.method_controls("test_shift")
+        assert note.startswith("the music encoder plus a constant") and "speech ← speech encoder" in note
+        assert alpha_slider == {"__type__": "update", "visible": True, "label": "α: how much of the shift to apply"}
+        assert not lambda_speech["visible"] and not lambda_music["visible"] and not layer_alphas["visible"]
         with pytest.raises(SystemExit):
             main(["merge", "--help"])
         help_text = " ".join(capsys.readouterr().out.split())
@@ -122,7 +134,7 @@ def test_a_registered_method_gets_its_cli_choice_and_flags(checkpoints, tmp_path
         assert "--shift-by SHIFT_BY added to every music weight: [-1, 1], default 0 [test_shift]" in help_text
         out = tmp_path / "shifted"
         assert main(["merge", "--speech", checkpoints["speech"], "--music", checkpoints["music"], "--method", "test_shift",
-                     "--shift-by", "0.5", "--out", str(out)]) == 0
+                     "--shift-by", "0.5", "--alpha", "1", "--out", str(out)]) == 0
         music = load_encoder(checkpoints["music"]).state_dict()
         saved = load_encoder(str(out)).state_dict()
         torch.testing.assert_close(saved["masked_spec_embed"], music["masked_spec_embed"] + 0.5)
@@ -133,4 +145,4 @@ def test_a_registered_method_gets_its_cli_choice_and_flags(checkpoints, tmp_path
         METHODS.pop("test_shift")
     with pytest.raises(SystemExit):
         main(["merge", "--help"])
-    assert "test_shift" not in capsys.readouterr().out
+    assert "test_shift" not in capsys.readouterr().out and "test_shift" not in app.method_choices()
