@@ -104,7 +104,8 @@ def _lerp_tensors(
 
 
 def _lerp_states(
-    first: StateDict, second: StateDict, weights: dict[str, float], labels: tuple[str, str], out: StateDict | None = None
+    first: StateDict, second: StateDict, weights: dict[str, float], labels: tuple[str, str], out: StateDict | None = None,
+    inputs_finite: bool = False,
 ) -> StateDict:
     """first + w·(second − first) per tensor, w per tensor name, into `out` or a new state dict;
     MergeError if an input is not finite."""
@@ -124,7 +125,8 @@ def _lerp_states(
         checked += outs
         if weight in (0, 1):
             checked += [(second if weight == 0 else first)[name] for name in names]
-    _finite_or_raise(checked, dict(zip(labels, (first, second))))
+    if not inputs_finite:  # an interpolation (weights in [0, 1]) of finite inputs is finite: no second read
+        _finite_or_raise(checked, dict(zip(labels, (first, second))))
     return result
 
 
@@ -145,14 +147,18 @@ def linear(speech: StateDict, music: StateDict, *, alpha: float, layer_alphas: S
 
 
 def linear_into(
-    out: StateDict, speech: StateDict, music: StateDict, *, alpha: float, layer_alphas: Sequence[float] | None = None
+    out: StateDict, speech: StateDict, music: StateDict, *, alpha: float, layer_alphas: Sequence[float] | None = None,
+    inputs_finite: bool = False,
 ) -> StateDict:
     """`linear` written into the preallocated `out` (same keys, shapes, dtypes and device as `speech`),
-    which is returned. On MergeError the contents of `out` are unspecified; the inputs are untouched."""
-    return _lerp_into(out, speech, music, alpha, layer_alphas, ("speech", "music"))
+    which is returned. On MergeError the contents of `out` are unspecified; the inputs are untouched.
+    `inputs_finite`: the caller vouches that every input is finite (an encoder checked when it was loaded),
+    so the result is not read again to check it (a third of the cost of a merge at the bandwidth limit)."""
+    return _lerp_into(out, speech, music, alpha, layer_alphas, ("speech", "music"), inputs_finite)
 
 
-def _lerp_into(out: StateDict, first: StateDict, second: StateDict, alpha, layer_alphas, labels: tuple[str, str]) -> StateDict:
+def _lerp_into(out: StateDict, first: StateDict, second: StateDict, alpha, layer_alphas, labels: tuple[str, str],
+               inputs_finite: bool = False) -> StateDict:
     weights = _lerp_weights(first, second, alpha, layer_alphas, labels)
     check_same_keys({labels[0]: first, "out": out})
     for name, tensor in first.items():
@@ -161,7 +167,7 @@ def _lerp_into(out: StateDict, first: StateDict, second: StateDict, alpha, layer
                 f"output buffer '{name}' is {out[name].dtype} on {out[name].device}, "
                 f"but {labels[0]} is {tensor.dtype} on {tensor.device}"
             )
-    return _lerp_states(first, second, weights, labels, out)
+    return _lerp_states(first, second, weights, labels, out, inputs_finite)
 
 
 class Aligner(Protocol):
@@ -447,15 +453,17 @@ def speech_ft(pretrained: StateDict, finetuned: StateDict, *, alpha: float) -> S
 # ---- into preallocated weights -------------------------------------------------------------------
 
 def permute_into(out: StateDict, speech: StateDict, music: StateDict, *, alignment: Aligner, alpha: float,
-                 layer_alphas: Sequence[float] | None = None) -> StateDict:
+                 layer_alphas: Sequence[float] | None = None, inputs_finite: bool = False) -> StateDict:
     """`permute` written into `out` (see `linear_into`). A caller that keeps the re-ordered music weights
     passes an `alignment` whose `apply` returns them: a repeated merge then costs what `linear_into` costs."""
-    return linear_into(out, speech, alignment.apply(music), alpha=alpha, layer_alphas=layer_alphas)
+    return linear_into(out, speech, alignment.apply(music), alpha=alpha, layer_alphas=layer_alphas,
+                       inputs_finite=inputs_finite)
 
 
-def speech_ft_into(out: StateDict, pretrained: StateDict, finetuned: StateDict, *, alpha: float) -> StateDict:
+def speech_ft_into(out: StateDict, pretrained: StateDict, finetuned: StateDict, *, alpha: float,
+                   inputs_finite: bool = False) -> StateDict:
     """`speech_ft` written into `out` (see `linear_into`)."""
-    return _lerp_into(out, pretrained, finetuned, FT_ALPHA.check(alpha), None, ("pretrained", "finetuned"))
+    return _lerp_into(out, pretrained, finetuned, FT_ALPHA.check(alpha), None, ("pretrained", "finetuned"), inputs_finite)
 
 
 # The methods that can write into preallocated weights (a reusable model's parameters), by name.
