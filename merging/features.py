@@ -98,12 +98,20 @@ def tapped(model: HubertModel, taps: Sequence[Tap], sink: Sink) -> Iterator[None
 @torch.no_grad()
 def run_tapped(encoder, audio: torch.Tensor, taps: Sequence[Tap], sink: Sink) -> None:
     """One forward pass of `encoder` on `audio`, handing every tap's activations to `sink`; a 'res'
-    tap gets every layer's hidden states stacked on the batch axis."""
+    tap gets every layer's hidden states stacked on the batch axis. Where `fast_path` allows, the conv
+    layers run as `conv_features` (the conv taps read from it), the rest through the model's modules."""
+    model = encoder.model
     res = [tap for tap in taps if tap.kind == "res"]
-    with tapped(encoder.model, taps, sink):
-        output = encoder.model(audio, output_hidden_states=bool(res))
+    if fast_path(model, audio):
+        conv = {tap.layer: tap for tap in taps if tap.kind == "conv"}
+        on_conv = lambda index, x: sink(conv[index], x) if index in conv else None
+        with tapped(model, [tap for tap in taps if tap.kind != "conv"], sink):
+            states = hidden_states(model, audio, on_conv)
+    else:
+        with tapped(model, taps, sink):
+            states = model(audio, output_hidden_states=bool(res)).hidden_states
     for tap in res:
-        sink(tap, torch.cat(output.hidden_states, dim=0))
+        sink(tap, torch.cat(states, dim=0))
 
 
 def activations(encoder, audio: torch.Tensor, taps: Sequence[Tap]) -> dict[Tap, torch.Tensor]:
@@ -162,9 +170,10 @@ def _group_norm_first(audio: torch.Tensor, layer, valid: int) -> torch.Tensor:
     return torch.baddbmm(shift[:, None].float(), patches, folded.float())
 
 
-def conv_features(extractor, audio: torch.Tensor) -> torch.Tensor:
+def conv_features(extractor, audio: torch.Tensor, on_layer: Callable[[int, torch.Tensor], None] | None = None) -> torch.Tensor:
     """What `extractor` (a HubertFeatureEncoder) computes for (batch, samples) audio, channels-last:
-    (batch, frames, channels), equal to its output transposed, about a fifth faster on a CPU (bench/bench_probes.py)."""
+    (batch, frames, channels), equal to its output transposed, about a fifth faster on a CPU (bench/bench_probes.py).
+    `on_layer(index, output)` sees every conv layer's output the same way (a view: do not modify)."""
     layers = list(extractor.conv_layers)
     valid = audio.shape[1]
     lengths = []
@@ -181,8 +190,11 @@ def conv_features(extractor, audio: torch.Tensor) -> torch.Tensor:
     else:
         hidden = _conv_layer(padded[:, :, None], first)
     hidden = first.activation(hidden)
-    for layer in layers[1:]:
-        hidden = layer.activation(_conv_layer(hidden, layer))
+    for index, layer in enumerate(layers):
+        if index:
+            hidden = layer.activation(_conv_layer(hidden, layer))
+        if on_layer:
+            on_layer(index, hidden[:, : lengths[index]])
     return hidden[:, : lengths[-1]]
 
 
@@ -194,13 +206,19 @@ def _conv_layer(x: torch.Tensor, layer) -> torch.Tensor:
     return norm(y) if isinstance(norm, torch.nn.LayerNorm) else y
 
 
+def fast_path(model: HubertModel, audio: torch.Tensor) -> bool:
+    """Whether `hidden_states` takes the faster front end: an eval-mode post-norm model, float32 audio on a CPU."""
+    return audio.device.type == "cpu" and audio.dtype == torch.float32 and not model.training and not model.config.do_stable_layer_norm
+
+
 @torch.no_grad()
-def hidden_states(model: HubertModel, audio: torch.Tensor) -> list[torch.Tensor]:
+def hidden_states(model: HubertModel, audio: torch.Tensor, on_conv: Callable[[int, torch.Tensor], None] | None = None) -> list[torch.Tensor]:
     """model(audio, output_hidden_states=True).hidden_states of an eval-mode, post-norm HubertModel, by
-    the faster front end on a CPU in float32 (elsewhere, the model's own forward)."""
-    if audio.device.type != "cpu" or audio.dtype != torch.float32 or model.training or model.config.do_stable_layer_norm:
+    the faster front end where `fast_path` allows (elsewhere, the model's own forward, and `on_conv`,
+    which sees each conv layer's channels-last output on the fast path, is not called)."""
+    if not fast_path(model, audio):
         return list(model(audio, output_hidden_states=True).hidden_states)
-    hidden = model.feature_projection(conv_features(model.feature_extractor, audio))
+    hidden = model.feature_projection(conv_features(model.feature_extractor, audio, on_conv))
     encoder = model.encoder
     hidden = encoder.layer_norm(hidden + encoder.pos_conv_embed(hidden))
     states = [hidden]

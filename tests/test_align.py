@@ -9,7 +9,7 @@ from merging.align import (
     CrossCorrelation, conv_frames_kept, correlation_align, frame_positions, frames_at, solve_blocked, weight_align,
 )
 from merging.encoders import Encoder
-from merging.features import encoder_input, match_frames
+from merging.features import activation_taps, activations, encoder_input, match_frames, tapped
 from merging.spec import COMPONENTS, apply_permutations, hubert_spec, random_permutations
 from merging.state import MergeError, state_checksum
 from tiny import TINY_VARIANTS, tiny_config, tiny_model
@@ -228,3 +228,19 @@ def test_progress_starts_with_the_first_clip_and_estimates_the_time_left():
     assert fractions == sorted(fractions) and fractions[-1] == pytest.approx(1.0) and 0 < fractions[0] <= 0.2
     assert calls[0][1].startswith("calibration clips 0/6, speech pass · about ") and calls[0][1].endswith(" s left for the clips")
     assert len(calls) > 6 and calls[-1][1] == "assignments"
+
+
+@pytest.mark.parametrize("variant", ["group-norm", "layer-norm", "stable-layer-norm"])
+def test_tapped_pass_gives_the_activations_of_the_models_own_forward(variant):
+    model = tiny_model(tiny_config(**TINY_VARIANTS[variant]))
+    spec = hubert_spec(model.config)
+    taps = activation_taps(list(spec.groups.values()))
+    audio = encoder_input(encoder(model), calibration(2), 16000)
+    fast = activations(encoder(model), audio, taps)
+    reference = {}
+    with tapped(model, taps, reference.__setitem__), torch.no_grad():
+        states = model(audio, output_hidden_states=True).hidden_states
+    reference[next(tap for tap in taps if tap.kind == "res")] = torch.cat(states, dim=0)
+    assert set(fast) == set(reference) == set(taps)
+    for tap in taps:
+        torch.testing.assert_close(fast[tap], reference[tap], atol=1e-4, rtol=1e-4, msg=str(tap))
