@@ -18,14 +18,15 @@ from pathlib import Path  # noqa: E402
 import gradio as gr  # noqa: E402
 
 from merging.align import PAPER_COMPONENTS  # noqa: E402
+import app_teach  # noqa: E402
 import app_text  # noqa: E402
 from app_text import ROLE_TITLES  # noqa: E402
 from merging.service.alignment_summary import showcase_group  # noqa: E402
 from merging.service.config import LabConfig  # noqa: E402
-from merging.service.controls import LAB_ROLES, method_roles  # noqa: E402
+from merging.service.controls import ALPHA_METHODS, LAB_ROLES, METHOD_ROLES  # noqa: E402
 from merging.service.lab import Lab  # noqa: E402
 from merging.service.session import LabSession  # noqa: E402
-from merging.methods import METHODS, all_params, shared_range  # noqa: E402
+from merging.methods import METHODS  # noqa: E402
 from merging.spec import COMPONENTS  # noqa: E402
 from merging.state import MergeError  # noqa: E402
 from viz.figures import (MERGED, MUSIC, SPEECH, correlation_heatmaps, diagonal_by_layer,  # noqa: E402
@@ -52,6 +53,8 @@ EXAMPLES = [  # (file, label): speech, music, speech over music
 ]
 # system fonts: the default theme's web fonts would be fetched from the internet
 THEME = gr.themes.Default(font=["ui-sans-serif", "system-ui", "sans-serif"], font_mono=["ui-monospace", "monospace"])
+ALPHA_LABELS = {"linear": "α: weight of the music side (0 = speech encoder)",
+                "speech_ft": "α: weight of the fine-tuned copy (0 = pretrained speech encoder)"}
 BAR_COLOURS = {"speech": SPEECH, "music": MUSIC, "fine-tuned": MUSIC, "merged": MERGED}
 SESSION_SECONDS = 3 * 3600  # an idle session's merged weights are dropped after this
 CACHE_CLEANUP = (3600, SESSION_SECONDS)  # hourly, delete uploads and downloads older than a session lives
@@ -59,7 +62,8 @@ CACHE_CLEANUP = (3600, SESSION_SECONDS)  # hourly, delete uploads and downloads 
 INTRO = """# merge lab
 Merge a **speech** encoder (HuBERT) with a **music** encoder (MERT) and see *why* the merge works.
 **1** pick the encoders · **2** align them (correlation permutation) · **3** merge with a slider ·
-**4** listen to a clip and compare what each encoder hears · **5** download the merged encoder."""
+**4** listen to a clip and compare what each encoder hears · **5** put speech over music and hear who hears what ·
+**6** download the merged encoder."""
 
 ALIGN_EXPLANATION = """**What is happening.** Two networks trained apart learn similar features, but in a different
 order: what unit 7 of the music encoder does, unit 42 of the speech encoder may do. Averaging their
@@ -71,8 +75,9 @@ one-to-one re-ordering of the music units that puts the best partners on the dia
 Re-ordering hidden units does not change what the music encoder computes; it only lines the two up,
 so that a merge averages like with like.
 
-- **Heatmaps**: speech units down, music units across; left in the original order, right after
-  re-ordering. A bright diagonal on the right means matched units.
+- **Heatmaps**: speech units down, best matched first. Right: each one's matched music unit across, so
+  matched pairs light up the diagonal from the top left. Left: the music unit with the same index (what
+  plain averaging pairs it with): no diagonal. Hover for unit ids; zoom to see cells.
 - **Bars**: mean matched correlation per layer, before and after.
 - **Lines**: where each music unit moved."""
 
@@ -98,30 +103,6 @@ def toasts(fn):
     return wrapper
 
 
-SLIDERS = ("alpha", "lambda_speech", "lambda_music")  # the page's sliders: parameters of the registry's methods
-
-
-def method_choices() -> list[str]:
-    """The methods on offer: every method in the registry, in the order they were registered."""
-    return list(METHODS)
-
-
-def control_label(name: str, method: str | None = None) -> str:
-    """A control's label from the registry: 'α: weight of the music side (…)' (`method`'s, or the first's)."""
-    param = METHODS[method].param(name) if method else all_params()[name][0][1]
-    return f"{param.label}: {param.help}"
-
-
-def method_controls(method: str) -> tuple:
-    """The method's description, inputs and paper, and only the controls it has, labelled by its registry entry."""
-    declared = METHODS[method]
-    inputs = ", ".join(f"{role} ← {ROLE_TITLES[lab_role]}" for role, lab_role in method_roles(method).items())
-    note = f"{declared.description}  \nInputs: {inputs}." + (f"  \nPaper: {declared.paper}." if declared.paper else "")
-    sliders = [gr.update(visible=True, label=control_label(name, method)) if name in declared.parameters
-               else gr.update(visible=False) for name in SLIDERS]
-    return (note, *sliders, gr.update(visible="layer_alphas" in declared.parameters))
-
-
 def build_app(lab: Lab) -> gr.Blocks:
     defaults = lab.default_sources()
     choices = [(lab.registry.label(key), key) for key in lab.registry.keys()]
@@ -131,10 +112,13 @@ def build_app(lab: Lab) -> gr.Blocks:
 
     # -- handlers ---------------------------------------------------------------------------------
 
+    def teaching(fn):  # the teaching panels' handlers: on the GPU where there is one, errors as toasts
+        return gpu(toasts(fn))
+
     @toasts
     def show_encoders(speech, music, student_base, student_speech, student_music, speech_ft, method="permute"):
         rows, problems = lab.describe(sources_of(speech, music, student_base, student_speech, student_music, speech_ft),
-                                      method if method in METHODS else "permute")
+                                      method if method in METHOD_ROLES else "permute")
         table = {"headers": app_text.ENCODER_HEADERS, "data": app_text.encoder_rows(rows, lab.device)}
         for problem in problems:
             gr.Warning(problem)
@@ -142,7 +126,7 @@ def build_app(lab: Lab) -> gr.Blocks:
 
     @gpu
     @toasts
-    def run_align(session, speech, music, components, signed, progress=gr.Progress()):
+    def run_align(session, speech, music, components, signed, zoom=app_teach.DEFAULT_ZOOM, progress=gr.Progress()):
         progress(0, desc="loading calibration clips")
         session = lab.align(session, speech, music, components=components or (), absolute=not signed,
                             progress=lambda fraction, message: progress(fraction, desc=message))
@@ -151,22 +135,23 @@ def build_app(lab: Lab) -> gr.Blocks:
         clips, source = lab.calibration()
         status = app_text.align_status(alignment, speech, music, f"{len(clips)} {source}")
         shown = showcase_group(alignment)
-        heatmap, lines = group_figures(session, shown)
+        heatmap, lines = group_figures(session, shown, zoom)
         return (session, status, gr.update(choices=groups, value=shown), heatmap,
                 diagonal_by_layer(alignment.groups), lines)
 
-    def group_figures(session, name):
+    def group_figures(session, name, zoom=app_teach.DEFAULT_ZOOM):
         alignment = lab.alignment_view(session)
         if name not in alignment.groups:
             raise MergeError(f"no group '{name}' in this alignment")
         group = alignment.groups[name]
         title = f"{name}: matched correlation {group.before:.2f} → {group.after:.2f}"
-        return (correlation_heatmaps(group.similarity.numpy(), group.perm.numpy(), title=title, absolute=alignment.absolute),
+        return (correlation_heatmaps(group.similarity.numpy(), group.perm.numpy(), title=title, absolute=alignment.absolute,
+                                     zoom=app_teach.zoom_value(zoom)),
                 permutation_lines(group.perm.numpy(), title=name))
 
     @toasts
-    def show_group(session, name):
-        return group_figures(session, name)
+    def show_group(session, name, zoom=app_teach.DEFAULT_ZOOM):
+        return group_figures(session, name, zoom)
 
     def merge_outputs(session):
         merged = session.merged
@@ -218,6 +203,15 @@ def build_app(lab: Lab) -> gr.Blocks:
     def run_export(session):
         return str(lab.export(session))
 
+    def method_controls(method):
+        """The method's description, and only the sliders it uses."""
+        inputs = ", ".join(f"{role} ← {ROLE_TITLES[lab_role]}" for role, lab_role in METHOD_ROLES[method].items())
+        uses_alpha, uses_lambdas = method in ALPHA_METHODS, method not in ALPHA_METHODS
+        alpha_label = ALPHA_LABELS.get(method, ALPHA_LABELS["linear"])
+        return (f"{METHODS[method].description}  \nInputs: {inputs}.", gr.update(visible=uses_alpha, label=alpha_label),
+                gr.update(visible=uses_lambdas), gr.update(visible=uses_lambdas),
+                gr.update(visible=method in ("linear", "permute")))
+
     # -- layout -----------------------------------------------------------------------------------
 
     with gr.Blocks(title="merge lab", delete_cache=CACHE_CLEANUP) as demo:
@@ -247,23 +241,28 @@ def build_app(lab: Lab) -> gr.Blocks:
                 align_button = gr.Button("Run alignment", variant="primary", elem_id="align-button")
                 align_status = gr.Markdown(elem_id="align-status")
             with gr.Column(scale=3):
-                group = gr.Dropdown(choices=[], label="layer and component", interactive=True, elem_id="group-chooser")
+                with gr.Row():
+                    group = gr.Dropdown(choices=[], label="layer and component", interactive=True, elem_id="group-chooser",
+                                        scale=2)
+                    zoom = gr.Radio(app_teach.ZOOMS, value=app_teach.DEFAULT_ZOOM, label="units shown (first N, or all)",
+                                    elem_id="zoom", scale=1)
                 heatmap = gr.Plot(label="cross-correlation, before and after permutation", elem_id="heatmap")
                 with gr.Row():
                     diagonal = gr.Plot(label="mean diagonal correlation per layer", elem_id="diagonal")
                     permutation = gr.Plot(label="the permutation", elem_id="permutation")
+        show_units, unit_inputs, unit_outputs = app_teach.unit_panel(lab, teaching, session, group)
 
         gr.Markdown("## 3 · Merge")
         with gr.Row():
             with gr.Column(scale=2):
-                method = gr.Radio(method_choices(), value="permute", label="method", elem_id="method")
+                method = gr.Radio(list(METHOD_ROLES), value="permute", label="method", elem_id="method")
                 method_note = gr.Markdown(method_controls("permute")[0])
-                alpha = gr.Slider(*shared_range("alpha"), value=0.1, step=0.01, label=control_label("alpha", "permute"),
+                alpha = gr.Slider(0, 1, value=0.1, step=0.01, label=ALPHA_LABELS["linear"],
                                   elem_id="alpha")
-                lambda_speech = gr.Slider(*shared_range("lambda_speech"), value=0.5, step=0.05,
-                                          label=control_label("lambda_speech"), visible=False, elem_id="lambda-speech")
-                lambda_music = gr.Slider(*shared_range("lambda_music"), value=0.5, step=0.05,
-                                         label=control_label("lambda_music"), visible=False, elem_id="lambda-music")
+                lambda_speech = gr.Slider(0, 1, value=0.5, step=0.05, label="λ speech: weight of the speech task vector",
+                                          visible=False, elem_id="lambda-speech")
+                lambda_music = gr.Slider(0, 1, value=0.5, step=0.05, label="λ music: weight of the music task vector",
+                                         visible=False, elem_id="lambda-music")
                 with gr.Accordion("per-layer α", open=False) as layer_alpha_editor:
                     layer_alphas = gr.Textbox("", label="one α per transformer layer (Enter to merge)",
                                               placeholder="e.g. 0.05, 0.1, 0.2, 0.4 (empty: α everywhere)")
@@ -292,8 +291,12 @@ def build_app(lab: Lab) -> gr.Blocks:
                 predictions = gr.Dataframe(label="top prediction per task", interactive=False, elem_id="predictions",
                                            headers=["task", "speech", "merged", "music"], wrap=True)
                 clip_status = gr.Markdown(elem_id="clip-status")
+        show_timeline, timeline_inputs, timeline_outputs = app_teach.timeline_panel(lab, teaching, session, clip, method, roles)
 
-        gr.Markdown("## 5 · Export")
+        gr.Markdown("## 5 · Speech over music")
+        app_teach.mixer_panel(lab, teaching, session, method, roles)
+
+        gr.Markdown("## 6 · Export")
         with gr.Row():
             export_button = gr.Button("Build the download (transformers format + merge_config.json)", elem_id="export-button")
             export_file = gr.File(label="merged encoder (.zip)", elem_id="export-file", height=90)
@@ -307,10 +310,12 @@ def build_app(lab: Lab) -> gr.Blocks:
         for dropdown in (*others, method):
             dropdown.input(show_encoders, [*roles, method], [encoder_table, encoder_problems], api_visibility="private")
 
-        align_button.click(run_align, [session, speech, music, components, signed],
+        align_button.click(run_align, [session, speech, music, components, signed, zoom],
                            [session, align_status, group, heatmap, diagonal, permutation],
-                           api_name="align", concurrency_id="lab")
-        group.input(show_group, [session, group], [heatmap, permutation], api_name="show_group")
+                           api_name="align", concurrency_id="lab").then(
+            show_units, unit_inputs, unit_outputs, api_visibility="private", concurrency_id="lab")
+        group.input(show_group, [session, group, zoom], [heatmap, permutation], api_name="show_group")
+        zoom.input(show_group, [session, group, zoom], [heatmap, permutation], api_visibility="private")
 
         merge_inputs = [session, method, alpha, lambda_speech, lambda_music, layer_alphas, *roles, allow_rates]
         merge_outputs_ = [session, merge_status, bars, curve, summary]
@@ -327,7 +332,9 @@ def build_app(lab: Lab) -> gr.Blocks:
         probe_inputs = [session, clip, method, *roles]
         probe_button.click(run_probe, probe_inputs, [predictions, clip_status], api_name="probe_clip", concurrency_id="lab")
         clip.change(probe_on_change, probe_inputs, [predictions, clip_status], api_visibility="private",
-                    trigger_mode="always_last", concurrency_id="lab")
+                    trigger_mode="always_last", concurrency_id="lab").then(
+            show_timeline, timeline_inputs, timeline_outputs, api_visibility="private", concurrency_id="lab")
+        probe_button.click(show_timeline, timeline_inputs, timeline_outputs, api_name="clip_timeline", concurrency_id="lab")
 
         export_button.click(run_export, session, export_file, api_name="export", concurrency_id="lab")
     return demo

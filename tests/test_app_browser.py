@@ -42,10 +42,29 @@ def test_alignment_renders_heatmaps_before_and_after(page):
     expect(page.locator("#align-status")).to_contain_text("mean matched correlation", timeout=SLOW)
     expect(page.locator("#heatmap .hm image")).to_have_count(2, timeout=SLOW)  # before | after
     titles = page.locator("#heatmap .annotation-text").all_text_contents()
-    assert titles == ["before (identity order)", "after permutation"]
+    assert titles == ["before: music unit with the same index", "after: matched music unit"]
     expect(page.locator("#heatmap .gtitle")).to_contain_text("matched correlation")
+    expect(page.locator("#heatmap .gtitle")).to_contain_text("units")
     expect(page.locator("#diagonal g.trace.bars")).to_have_count(2)  # before, after
     expect(page.locator("#permutation .gtitle")).to_contain_text("units move")
+
+
+def test_heatmap_zoom_and_units_that_fire_together(page):
+    page.locator("#group-chooser input").click()
+    page.get_by_role("option", name="ffn0", exact=True).click()  # 64 units
+    expect(page.locator("#heatmap .gtitle")).to_contain_text("ffn0: matched correlation", timeout=SLOW)
+    expect(page.locator("#heatmap .gtitle")).to_contain_text("first 48 of 64")
+    page.locator("#zoom label").filter(has_text="24").click()
+    expect(page.locator("#heatmap .gtitle")).to_contain_text("first 24 of 64", timeout=SLOW)
+    expect(page.locator("#unit-traces .legendtext")).to_have_count(3, timeout=SLOW)  # after the alignment
+    legend = page.locator("#unit-traces .legendtext").all_text_contents()
+    assert legend[0].startswith("speech unit") and "matched music unit" in legend[1] and "same index" in legend[2]
+    expect(page.locator("#unit-traces .gtitle")).to_contain_text("match rank 1 of")
+    unit = page.locator("#unit-chooser input")
+    unit.fill("worst")
+    unit.press("Enter")
+    expect(page.locator("#unit-traces .gtitle")).not_to_contain_text("match rank 1 of", timeout=SLOW)
+    expect(page.locator("#unit-note")).to_contain_text("same index")
 
 
 def test_moving_the_alpha_slider_merges_and_updates_the_scores(page):
@@ -72,6 +91,26 @@ def test_uploading_a_clip_shows_predictions_of_all_three_encoders(page):
     expect(page.locator("#clip-status")).to_contain_text(f"music = {MODEL_NAMES['music']}")
     assert "merge first" not in predictions.inner_text()
     expect(predictions).to_contain_text("%)")
+
+
+def test_a_long_clip_shows_what_each_encoder_hears_over_time(page):
+    expect(page.locator("#timeline")).to_be_visible(timeout=SLOW)  # the 3 s clip uploaded above
+    expect(page.locator("#timeline g.trace.bars")).to_have_count(15, timeout=SLOW)  # 5 tasks x 3 encoders
+    expect(page.locator("#timeline .gtitle")).to_contain_text("over time")
+
+
+def test_mixer_plays_the_mix_reads_it_and_sweeps_the_level(page):
+    page.locator("#mix-button").scroll_into_view_if_needed()
+    page.click("#mix-button")
+    table = page.locator("#mix-predictions")
+    expect(table).to_contain_text("instrument_family", timeout=SLOW)
+    expect(table).to_contain_text("%)")
+    expect(page.locator("#mix-status")).to_contain_text("+0 dB")
+    expect(page.locator("#mix-audio audio, #mix-audio [data-testid='waveform-controls'], #mix-audio .waveform-container").first
+           ).to_be_attached(timeout=SLOW)
+    page.click("#mix-sweep-button")
+    expect(page.locator("#mix-sweep g.trace.scatter")).to_have_count(6, timeout=SLOW)  # 3 encoders x 2 labels
+    expect(page.locator("#mix-sweep-note")).to_contain_text("followed")
 
 
 def test_bad_uploads_get_a_toast_and_the_page_keeps_working(page, tmp_path):

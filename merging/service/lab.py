@@ -34,6 +34,7 @@ from .exports import ExportFolder
 from .pool import ModelPool, copying, torch_threads, weights_of
 from .probing import ProbeBench
 from .registry import EncoderRegistry
+from .teaching import Teaching
 from .session import ClipReport, LabSession, MergeRecipe, MergeResult, permutations_only, tradeoff_point
 from .weights import KeptWeights, Reordered
 
@@ -50,7 +51,7 @@ class EncoderRow:
     error: str | None = None
 
 
-class Lab:
+class Lab(Teaching):
     """Shared by every session of one server; thread-safe."""
 
     def __init__(self, config: LabConfig | None = None) -> None:
@@ -281,9 +282,8 @@ class Lab:
             role = method.aligns
             params["alignment"] = Reordered(self.kept.reordered(device, recipe.inputs[role], encoders[role],
                                                                 recipe.alignment_key, recipe.alignment))
-        if recipe.method in INTO:  # the registry's encoders were checked finite when loaded
-            INTO[recipe.method](out, *(states[role] for role in method.inputs), **method.arguments(params),
-                                inputs_finite=True)
+        if recipe.method in INTO:
+            INTO[recipe.method](out, *(states[role] for role in method.inputs), **method.arguments(params))
         else:
             copying(run_method(recipe.method, states, **params))(out)
 
