@@ -23,10 +23,10 @@ import app_text  # noqa: E402
 from app_text import ROLE_TITLES  # noqa: E402
 from merging.service.alignment_summary import showcase_group  # noqa: E402
 from merging.service.config import LabConfig  # noqa: E402
-from merging.service.controls import ALPHA_METHODS, LAB_ROLES, METHOD_ROLES  # noqa: E402
+from merging.service.controls import LAB_ROLES, method_roles  # noqa: E402
 from merging.service.lab import Lab  # noqa: E402
 from merging.service.session import LabSession  # noqa: E402
-from merging.methods import METHODS  # noqa: E402
+from merging.methods import METHODS, all_params, shared_range  # noqa: E402
 from merging.spec import COMPONENTS  # noqa: E402
 from merging.state import MergeError  # noqa: E402
 from viz.figures import (MERGED, MUSIC, SPEECH, correlation_heatmaps, diagonal_by_layer,  # noqa: E402
@@ -53,8 +53,6 @@ EXAMPLES = [  # (file, label): speech, music, speech over music
 ]
 # system fonts: the default theme's web fonts would be fetched from the internet
 THEME = gr.themes.Default(font=["ui-sans-serif", "system-ui", "sans-serif"], font_mono=["ui-monospace", "monospace"])
-ALPHA_LABELS = {"linear": "α: weight of the music side (0 = speech encoder)",
-                "speech_ft": "α: weight of the fine-tuned copy (0 = pretrained speech encoder)"}
 BAR_COLOURS = {"speech": SPEECH, "music": MUSIC, "fine-tuned": MUSIC, "merged": MERGED}
 SESSION_SECONDS = 3 * 3600  # an idle session's merged weights are dropped after this
 CACHE_CLEANUP = (3600, SESSION_SECONDS)  # hourly, delete uploads and downloads older than a session lives
@@ -103,6 +101,30 @@ def toasts(fn):
     return wrapper
 
 
+SLIDERS = ("alpha", "lambda_speech", "lambda_music")  # the page's sliders: parameters of the registry's methods
+
+
+def method_choices() -> list[str]:
+    """The methods on offer: every method in the registry, in the order they were registered."""
+    return list(METHODS)
+
+
+def control_label(name: str, method: str | None = None) -> str:
+    """A control's label from the registry: 'α: weight of the music side (…)' (`method`'s, or the first's)."""
+    param = METHODS[method].param(name) if method else all_params()[name][0][1]
+    return f"{param.label}: {param.help}"
+
+
+def method_controls(method: str) -> tuple:
+    """The method's description, inputs and paper, and only the controls it has, labelled by its registry entry."""
+    declared = METHODS[method]
+    inputs = ", ".join(f"{role} ← {ROLE_TITLES[lab_role]}" for role, lab_role in method_roles(method).items())
+    note = f"{declared.description}  \nInputs: {inputs}." + (f"  \nPaper: {declared.paper}." if declared.paper else "")
+    sliders = [gr.update(visible=True, label=control_label(name, method)) if name in declared.parameters
+               else gr.update(visible=False) for name in SLIDERS]
+    return (note, *sliders, gr.update(visible="layer_alphas" in declared.parameters))
+
+
 def build_app(lab: Lab) -> gr.Blocks:
     defaults = lab.default_sources()
     choices = [(lab.registry.label(key), key) for key in lab.registry.keys()]
@@ -118,7 +140,7 @@ def build_app(lab: Lab) -> gr.Blocks:
     @toasts
     def show_encoders(speech, music, student_base, student_speech, student_music, speech_ft, method="permute"):
         rows, problems = lab.describe(sources_of(speech, music, student_base, student_speech, student_music, speech_ft),
-                                      method if method in METHOD_ROLES else "permute")
+                                      method if method in METHODS else "permute")
         table = {"headers": app_text.ENCODER_HEADERS, "data": app_text.encoder_rows(rows, lab.device)}
         for problem in problems:
             gr.Warning(problem)
@@ -203,15 +225,6 @@ def build_app(lab: Lab) -> gr.Blocks:
     def run_export(session):
         return str(lab.export(session))
 
-    def method_controls(method):
-        """The method's description, and only the sliders it uses."""
-        inputs = ", ".join(f"{role} ← {ROLE_TITLES[lab_role]}" for role, lab_role in METHOD_ROLES[method].items())
-        uses_alpha, uses_lambdas = method in ALPHA_METHODS, method not in ALPHA_METHODS
-        alpha_label = ALPHA_LABELS.get(method, ALPHA_LABELS["linear"])
-        return (f"{METHODS[method].description}  \nInputs: {inputs}.", gr.update(visible=uses_alpha, label=alpha_label),
-                gr.update(visible=uses_lambdas), gr.update(visible=uses_lambdas),
-                gr.update(visible=method in ("linear", "permute")))
-
     # -- layout -----------------------------------------------------------------------------------
 
     with gr.Blocks(title="merge lab", delete_cache=CACHE_CLEANUP) as demo:
@@ -255,14 +268,14 @@ def build_app(lab: Lab) -> gr.Blocks:
         gr.Markdown("## 3 · Merge")
         with gr.Row():
             with gr.Column(scale=2):
-                method = gr.Radio(list(METHOD_ROLES), value="permute", label="method", elem_id="method")
+                method = gr.Radio(method_choices(), value="permute", label="method", elem_id="method")
                 method_note = gr.Markdown(method_controls("permute")[0])
-                alpha = gr.Slider(0, 1, value=0.1, step=0.01, label=ALPHA_LABELS["linear"],
+                alpha = gr.Slider(*shared_range("alpha"), value=0.1, step=0.01, label=control_label("alpha", "permute"),
                                   elem_id="alpha")
-                lambda_speech = gr.Slider(0, 1, value=0.5, step=0.05, label="λ speech: weight of the speech task vector",
-                                          visible=False, elem_id="lambda-speech")
-                lambda_music = gr.Slider(0, 1, value=0.5, step=0.05, label="λ music: weight of the music task vector",
-                                         visible=False, elem_id="lambda-music")
+                lambda_speech = gr.Slider(*shared_range("lambda_speech"), value=0.5, step=0.05,
+                                          label=control_label("lambda_speech"), visible=False, elem_id="lambda-speech")
+                lambda_music = gr.Slider(*shared_range("lambda_music"), value=0.5, step=0.05,
+                                         label=control_label("lambda_music"), visible=False, elem_id="lambda-music")
                 with gr.Accordion("per-layer α", open=False) as layer_alpha_editor:
                     layer_alphas = gr.Textbox("", label="one α per transformer layer (Enter to merge)",
                                               placeholder="e.g. 0.05, 0.1, 0.2, 0.4 (empty: α everywhere)")

@@ -282,8 +282,9 @@ class Lab(Teaching):
             role = method.aligns
             params["alignment"] = Reordered(self.kept.reordered(device, recipe.inputs[role], encoders[role],
                                                                 recipe.alignment_key, recipe.alignment))
-        if recipe.method in INTO:
-            INTO[recipe.method](out, *(states[role] for role in method.inputs), **method.arguments(params))
+        if recipe.method in INTO:  # the registry's encoders were checked finite when loaded
+            INTO[recipe.method](out, *(states[role] for role in method.inputs), **method.arguments(params),
+                                inputs_finite=True)
         else:
             copying(run_method(recipe.method, states, **params))(out)
 
