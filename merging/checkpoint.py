@@ -53,6 +53,8 @@ def save_encoder(
         ).save_pretrained(partial)
         if record is not None:
             (partial / MERGE_CONFIG).write_text(record)
+        for file in partial.iterdir():  # safetensors writes its file private (0600); zip members keep these modes
+            file.chmod(0o644)
         _move_into_place(partial, out_dir)
     except BaseException:
         shutil.rmtree(partial, ignore_errors=True)

@@ -73,6 +73,9 @@ def merge_parser(sub) -> None:
     p.add_argument("--calib-dir", help="folder of calibration audio (default: the built-in calibration clips)")
     p.add_argument("--calib-limit", type=int, help="use at most this many calibration clips")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    p.add_argument("--allow-rate-mismatch", action="store_true",
+                   help="merge inputs that take audio at different sample rates (refused otherwise: each CNN front end is "
+                        "tied to its rate; the result keeps the first input's); recorded in merge_config.json")
 
 
 def _method_params(args, method: MergeMethod) -> dict:
@@ -88,7 +91,7 @@ def run_merge(args) -> str:
     from .calibration import builtin_calibration, load_calibration_dir
     from .checkpoint import save_encoder
     from .encoders import load_encoder
-    from .pipeline import align, merge_encoders, merge_record
+    from .pipeline import align, check_sample_rates, merge_encoders, merge_record
 
     started = time.perf_counter()
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
@@ -100,6 +103,7 @@ def run_merge(args) -> str:
             raise MergeError(f"method '{method.name}' needs {_flag(INPUT_FLAGS.get(role, role))}")
     params = _method_params(args, method)
     encoders = {role: load_encoder(sources[role], device=device) for role in roles}
+    rate_warning = check_sample_rates(encoders, args.allow_rate_mismatch)  # before any alignment is paid for
 
     alignments = {}
     pairs = [(method.aligns, roles[0])] if method.aligns else []
@@ -121,8 +125,9 @@ def run_merge(args) -> str:
                 alignments[moving] = align(encoders[target], encoders[moving], how=args.align, clips=clips,
                                            components=components, absolute=not args.signed, progress=progress)
         params_note = f"{len(clips) if clips else 0} clips from {calib_source}" if clips else calib_source
-    merged = merge_encoders(method.name, encoders, alignments=alignments, **params)
-    record = merge_record(method.name, encoders, params, alignments)
+    merged = merge_encoders(method.name, encoders, alignments=alignments, allow_rate_mismatch=args.allow_rate_mismatch,
+                            **params)
+    record = merge_record(method.name, encoders, params, alignments, allow_rate_mismatch=args.allow_rate_mismatch)
     first = encoders[roles[0]]
     out = save_encoder(args.out, merged, first.config, sample_rate=first.sample_rate, normalize=first.normalize, merge_config=record)
     seconds = time.perf_counter() - started
@@ -132,7 +137,7 @@ def run_merge(args) -> str:
         before = sum(g.before for g in groups) / max(len(groups), 1)
         after = sum(g.after for g in groups) / max(len(groups), 1)
         summary += f"; {len(groups)} groups aligned ({params_note}), mean matched correlation {before:.3f} -> {after:.3f}"
-    return summary
+    return summary + (f"\nwarning: {rate_warning}" if rate_warning else "")
 
 
 def _lambdas(text: str) -> tuple[float, float]:

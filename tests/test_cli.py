@@ -146,3 +146,23 @@ def test_a_registered_method_gets_its_cli_flags_and_its_place_in_the_app(checkpo
     with pytest.raises(SystemExit):
         main(["merge", "--help"])
     assert "test_shift" not in capsys.readouterr().out and "test_shift" not in app.method_choices()
+
+
+def test_different_sample_rates_are_refused_unless_allowed_and_then_recorded(checkpoints, tmp_path, capsys):
+    import os
+    import shutil
+
+    fast = tmp_path / "music-24k"
+    shutil.copytree(checkpoints["music"], fast)
+    preprocessor = json.loads((fast / "preprocessor_config.json").read_text())
+    (fast / "preprocessor_config.json").write_text(json.dumps({**preprocessor, "sampling_rate": 24000}))
+    args = ["merge", "--speech", checkpoints["speech"], "--music", str(fast), "--method", "linear", "--out", str(tmp_path / "m")]
+    assert main(args) == 2
+    error = capsys.readouterr().err
+    assert "16000 Hz" in error and "24000 Hz" in error and "--allow-rate-mismatch" in error and not (tmp_path / "m").exists()
+    assert main(args + ["--allow-rate-mismatch"]) == 0
+    assert "warning: merged despite different sample rates" in capsys.readouterr().out
+    record = json.loads((tmp_path / "m" / "merge_config.json").read_text())
+    assert "24000 Hz" in record["sample_rate_mismatch"]
+    assert record["inputs"]["music"]["source"] == "music-24k"  # the folder's name, not the server's path
+    assert oct(os.stat(tmp_path / "m" / "model.safetensors").st_mode & 0o777) == "0o644"
