@@ -148,8 +148,7 @@ def bench_invariance(device: str) -> None:
 
 def standin_encoders(device: str, music: str) -> list:
     """The speech and music stand-ins, written into runs/standins/ first if they are not there."""
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
-    from make_standins import DEFAULT_OUT, write_standin
+    from scripts.make_standins import DEFAULT_OUT, write_standin
 
     encoders = []
     for seed, name in enumerate(("hubert-base-ls960", music)):

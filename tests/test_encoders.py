@@ -9,20 +9,11 @@ from safetensors.torch import load_file, save_file
 
 from merging.encoders import check_compatible, config_from_mert, encoder_from_state, load_encoder
 from merging.state import MergeError, state_checksum
+from scripts.make_standins import MERT_FIELDS  # MERTConfig's constructor arguments
 from tiny import TINY_VARIANTS, tiny_config, tiny_model
 
 AUDIO = torch.randn(2, 4000, generator=torch.Generator().manual_seed(0))
 WEIGHT_NORM_NEW = ("parametrizations.weight.original0", "parametrizations.weight.original1")
-# The MERTConfig.__init__ arguments of m-a-p's modeling code (configuration_MERT.py).
-MERT_FIELDS = (
-    "vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size", "hidden_act",
-    "hidden_dropout", "activation_dropout", "attention_dropout", "feat_proj_layer_norm", "feat_proj_dropout",
-    "final_dropout", "layerdrop", "initializer_range", "layer_norm_eps", "feat_extract_norm", "feat_extract_activation",
-    "conv_dim", "conv_stride", "conv_kernel", "conv_bias", "num_conv_pos_embeddings", "num_conv_pos_embedding_groups",
-    "do_stable_layer_norm", "apply_spec_augment", "mask_time_prob", "mask_time_length", "mask_time_min_masks",
-    "mask_feature_prob", "mask_feature_length", "mask_feature_min_masks", "ctc_loss_reduction", "ctc_zero_infinity",
-    "use_weighted_layer_sum", "classifier_proj_size", "pad_token_id", "bos_token_id", "eos_token_id",
-)
 
 
 def outputs(model):

@@ -1,19 +1,12 @@
 """The hub stand-ins of scripts/make_standins.py (layouts and their sources in its docstring) load as the real repositories do."""
-import importlib.util
 import json
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 from transformers import HubertConfig, HubertModel
 
 from merging.encoders import COMPATIBILITY_FIELDS, check_compatible, load_encoder
-
-SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "make_standins.py"
-_spec = importlib.util.spec_from_file_location("make_standins", SCRIPT)
-standins = sys.modules.setdefault("make_standins", importlib.util.module_from_spec(_spec))
-_spec.loader.exec_module(standins)
+from scripts import make_standins as standins
 
 RATES = {"hubert-base-ls960": 16000, "MERT-v0-public": 16000, "MERT-v1-95M": 24000}
 AUDIO = torch.randn(2, 8000, generator=torch.Generator().manual_seed(0))
