@@ -1,4 +1,4 @@
-"""Screenshot of the app in use, for the README: start `python app.py`, align, merge, probe a clip, capture.
+"""Screenshot of the app in use, for the README: start `python app.py`, align, merge, probe a clip, mix, capture.
 
     python scripts/screenshot.py [--out docs/screenshot.png] [--url URL]
 
@@ -43,6 +43,12 @@ def capture(url: str, out: Path, alpha: float) -> None:
         expect(page.locator("#probe-bars g.trace.bars")).to_have_count(3, timeout=WAIT)
         page.locator("#clip input[type=file]").set_input_files(str(CLIP))
         expect(page.locator("#predictions")).to_contain_text("%)", timeout=WAIT)
+        expect(page.locator("#unit-traces .legendtext")).to_have_count(3, timeout=WAIT)
+        expect(page.locator("#timeline g.trace.bars")).to_have_count(15, timeout=WAIT)
+        page.click("#mix-button")
+        expect(page.locator("#mix-predictions")).to_contain_text("%)", timeout=WAIT)
+        page.click("#mix-sweep-button")
+        expect(page.locator("#mix-sweep g.trace.scatter")).to_have_count(6, timeout=WAIT)
         page.wait_for_timeout(1000)  # let the plots finish their transitions
         out.parent.mkdir(parents=True, exist_ok=True)
         page.screenshot(path=str(out), full_page=True)

@@ -58,8 +58,7 @@ def mix_sweep_figure(levels: Sequence[float], curves: Mapping[str, Mapping[str, 
                                      hovertemplate=f"{encoder}, music %{{x:+g}} dB<br>P({truths[task]}) = %{{y:.0%}}<extra></extra>"))
     if current is not None:
         fig.add_vline(x=current, line=dict(color="#555555", width=1, dash="dot"))
-    words = " · ".join(f"{task}: {label}" for task, label in truths.items())
-    fig.update_layout(title=f"confidence in the true labels as the music gets louder ({words})",
+    fig.update_layout(title="confidence in the true keyword (solid) and instrument (dashed)",
                       xaxis_title="music level relative to speech (dB)", yaxis=dict(title="probe probability", range=[0, 1]),
                       height=380, margin=dict(l=50, r=20, t=50, b=40), legend=dict(orientation="h", y=-0.25))
     return fig
@@ -101,7 +100,7 @@ def timeline_strip(starts: Sequence[float], window: float, duration: float,
                 base=[start for _, start, _, _ in segments], orientation="h", showlegend=False,
                 marker=dict(color=[colours[label] for label, *_ in segments], line=dict(color="white", width=1)),
                 text=[label for label, *_ in segments], textposition="inside", insidetextanchor="middle",
-                textfont=dict(color="black"),
+                textfont=dict(color="black"), textangle=0,
                 customdata=[[start, end, p] for _, start, end, p in segments],
                 hovertemplate=f"{lane}<br>%{{text}} (%{{customdata[2]:.0%}})<br>%{{customdata[0]:.2f}}–%{{customdata[1]:.2f}} s"
                               "<extra></extra>"))

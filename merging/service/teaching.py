@@ -124,7 +124,7 @@ class Teaching:
         readings = self._read_all(session, sources, method, [mixed])
         inputs = session.merged.sources if session.merged else method_inputs(method, sources)
         first, second = [(role, key) for role, key in inputs.items() if role != "base"]
-        name = f"“{speech_side.name}” + {music_side.name} at {level_db:+g} dB"
+        name = f"{speech_side.name} + {music_side.name} at {level_db:+g} dB"
         return mixed, ClipReport((first, second), tuple(t.name for t in self.bench.suite.tasks),
                                  {role: r[0] if r else None for role, r in readings.items()}, name,
                                  len(mixed) / rate, ())
