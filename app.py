@@ -10,7 +10,9 @@ import os
 # other (probes took 20x longer beside one busy process). Must be set before torch is imported.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
+import contextlib  # noqa: E402
 import functools  # noqa: E402
+import inspect  # noqa: E402
 import logging  # noqa: E402
 import threading  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -18,13 +20,18 @@ from pathlib import Path  # noqa: E402
 import gradio as gr  # noqa: E402
 
 from merging.align import PAPER_COMPONENTS  # noqa: E402
+import app_live  # noqa: E402
 import app_teach  # noqa: E402
 import app_text  # noqa: E402
+from app_limits import MULTIPART_OVERHEAD, UploadLimit  # noqa: E402
+from starlette.middleware import Middleware  # noqa: E402
+from merging.service.controls import quoted  # noqa: E402
 from app_text import ROLE_TITLES  # noqa: E402
 from merging.service.alignment_summary import showcase_group  # noqa: E402
 from merging.service.config import LabConfig  # noqa: E402
 from merging.service.controls import LAB_ROLES, method_roles  # noqa: E402
 from merging.service.lab import Lab  # noqa: E402
+from merging.service.live_scores import LiveScoring  # noqa: E402
 from merging.service.session import LabSession  # noqa: E402
 from merging.methods import METHODS, all_params, shared_range  # noqa: E402
 from merging.spec import COMPONENTS  # noqa: E402
@@ -83,20 +90,34 @@ PROBE_NOTE = """Each encoder's features feed small linear probes (one per task) 
 the table shows each probe's top guess and its confidence for your clip."""
 
 
-def toasts(fn):
+@contextlib.contextmanager
+def _reported(name: str):
     """Bad input becomes a toast with the library's message; anything unexpected a short one (logged)."""
+    try:
+        yield
+    except gr.Error:
+        raise
+    except MergeError as error:
+        raise gr.Error(app_text.one_line(str(error)), print_exception=False) from None
+    except Exception as error:  # keep serving: report, log, and leave the page as it was
+        log.exception("unexpected error in %s", name)
+        raise gr.Error(app_text.one_line(f"unexpected error ({type(error).__name__}): {error}")) from None
+
+
+def toasts(fn):
+    """Errors of `fn` (a function or a generator of updates) as toasts (see `_reported`)."""
+    if inspect.isgeneratorfunction(fn):
+        @functools.wraps(fn)
+        def streaming(*args, **kwargs):
+            with _reported(fn.__name__):
+                yield from fn(*args, **kwargs)
+
+        return streaming
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
-        try:
+        with _reported(fn.__name__):
             return fn(*args, **kwargs)
-        except gr.Error:
-            raise
-        except MergeError as error:
-            raise gr.Error(app_text.one_line(str(error)), print_exception=False) from None
-        except Exception as error:  # keep serving: report, log, and leave the page as it was
-            log.exception("unexpected error in %s", fn.__name__)
-            raise gr.Error(app_text.one_line(f"unexpected error ({type(error).__name__}): {error}")) from None
 
     return wrapper
 
@@ -125,7 +146,8 @@ def method_controls(method: str) -> tuple:
     return (note, *sliders, gr.update(visible="layer_alphas" in declared.parameters))
 
 
-def build_app(lab: Lab) -> gr.Blocks:
+def build_app(lab: Lab, scoring: LiveScoring | None = None) -> gr.Blocks:
+    scoring = scoring or LiveScoring(lab)
     defaults = lab.default_sources()
     choices = [(lab.registry.label(key), key) for key in lab.registry.keys()]
 
@@ -185,11 +207,18 @@ def build_app(lab: Lab) -> gr.Blocks:
     @gpu
     @toasts
     def run_merge(session, method, alpha, lambda_speech, lambda_music, layer_alphas,
-                  speech, music, student_base, student_speech, student_music, speech_ft, allow_rates=False):
+                  speech, music, student_base, student_speech, student_music, speech_ft, allow_rates=False, request: gr.Request = None):
         sources = sources_of(speech, music, student_base, student_speech, student_music, speech_ft)
         session = lab.merge(session, sources, method, alpha=alpha, lambda_speech=lambda_speech,
                             lambda_music=lambda_music, layer_alphas=layer_alphas, allow_rate_mismatch=allow_rates)
-        return merge_outputs(session)
+        session, status, _, _, summary = merge_outputs(session)  # then the live stages: quick, refined, full suite
+
+        def bars_of(values, intervals, counts):
+            return probe_bars(values, lab.bench.domains, colours=BAR_COLOURS, intervals=intervals, test_clips=counts)
+
+        owner = request.session_hash if request is not None and request.session_hash else str(id(session))
+        for update in app_live.stream(scoring, session, sources, owner, status, summary, bars_of):
+            yield session, *update
 
     @gpu
     @toasts
@@ -332,11 +361,13 @@ def build_app(lab: Lab) -> gr.Blocks:
 
         merge_inputs = [session, method, alpha, lambda_speech, lambda_music, layer_alphas, *roles, allow_rates]
         merge_outputs_ = [session, merge_status, bars, curve, summary]
-        merge_button.click(run_merge, merge_inputs, merge_outputs_, api_name="merge", concurrency_id="lab")
-        # a merge per slider release, not per drag tick; while one runs, only the latest release waits
+        # merges stream their stages in their own queue, a step at a time under the lab's compute lock: a person's
+        # newer release starts at once and stops their running refinement (never queued behind it)
+        merge_button.click(run_merge, merge_inputs, merge_outputs_, api_name="merge", concurrency_id="merge",
+                           concurrency_limit=None, trigger_mode="multiple")
         for trigger in (alpha.release, lambda_speech.release, lambda_music.release, layer_alphas.submit, method.input):
-            trigger(run_merge, merge_inputs, merge_outputs_, api_visibility="private", trigger_mode="always_last",
-                    concurrency_id="lab")
+            trigger(run_merge, merge_inputs, merge_outputs_, api_visibility="private", trigger_mode="multiple",
+                    concurrency_id="merge", concurrency_limit=None)
         method.change(method_controls, method, [method_note, alpha, lambda_speech, lambda_music, layer_alpha_editor],
                       api_visibility="private")
         sweep_button.click(run_sweep, [session, method, *roles, allow_rates], [session, curve], api_name="sweep",
@@ -353,22 +384,53 @@ def build_app(lab: Lab) -> gr.Blocks:
     return demo
 
 
-def launch(lab: Lab, **kwargs) -> gr.Blocks:
+def one_line_input_errors(demo: gr.Blocks) -> None:
+    """A control's value of the wrong type (an API client's) gets a one-line message naming the control, not
+    an unlabelled error and a traceback in the log; Gradio's own refusals are cut to one line too."""
+    for block in demo.blocks.values():
+        if isinstance(block, gr.components.Component) and hasattr(block, "preprocess"):
+            block.preprocess = _checked_preprocess(block, block.preprocess)
+
+
+def _checked_preprocess(block, preprocess):
+    @functools.wraps(preprocess)
+    def checked(payload):
+        try:
+            return preprocess(payload)
+        except gr.Error as error:
+            raise gr.Error(app_text.one_line(str(error.message)), print_exception=False) from None
+        except Exception:
+            name = getattr(block, "label", None) or type(block).__name__
+            raise gr.Error(app_text.one_line(f"{name}: {type(payload).__name__} value {quoted(payload)} is not accepted"),
+                           print_exception=False) from None
+
+    return checked
+
+
+def launch(lab: Lab, scoring: LiveScoring | None = None, **kwargs) -> gr.Blocks:
     """Build and start the app (kwargs go to `Blocks.launch`)."""
-    demo = build_app(lab)
+    demo = build_app(lab, scoring)
     demo.queue(default_concurrency_limit=1)
-    demo.launch(max_file_size=lab.config.max_upload_bytes, allowed_paths=[str(EXAMPLES_DIR)], theme=THEME, **kwargs)
+    one_line_input_errors(demo)
+    cache = Path(demo.GRADIO_CACHE)
+    lab.keep_exports_in(cache / "merge-lab-exports")  # served from Gradio's cache as they are: no second copy
+    limit = Middleware(UploadLimit, max_request_bytes=lab.config.max_upload_bytes + MULTIPART_OVERHEAD,
+                       max_disk_bytes=lab.config.max_disk_bytes, folder=cache, make_room=lambda: lab.exports.prune(keep=1))
+    demo.launch(max_file_size=lab.config.max_upload_bytes, allowed_paths=[str(EXAMPLES_DIR)], theme=THEME,
+                app_kwargs={"middleware": [limit]}, **kwargs)
     return demo
 
 
 def main() -> None:
     logging.basicConfig(level=logging.INFO)
     lab = Lab(LabConfig.from_env())
-    if lab.device == "cpu":
-        threading.Thread(target=lab.warm, daemon=True, name="warm-up").start()
+    scoring = LiveScoring(lab)
+    if lab.device == "cpu":  # then the inputs' full-suite scores and the linear/permute curves, in the background
+        threading.Thread(target=lambda: (lab.warm(), scoring.warm(lab.default_sources())), daemon=True,
+                         name="warm-up").start()
     else:  # ZeroGPU forks a worker per call: it must not inherit a lock that a warm-up thread holds
         lab.warm()
-    launch(lab, server_name=os.environ.get("GRADIO_SERVER_NAME"), server_port=_port())
+    launch(lab, scoring, server_name=os.environ.get("GRADIO_SERVER_NAME"), server_port=_port())
 
 
 def _port() -> int | None:

@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 
 import numpy as np
@@ -311,25 +312,44 @@ class LiveProbes:
     def stages(self, encoder, first: Parent, second: Parent, position: float, *,
                plan: Sequence[int] | None = None) -> Iterator[LiveScores]:
         """The merged encoder's scores stage by stage (see `plan`); stop iterating to stop the work."""
+        for _, scores in self.steps(encoder, first, second, position, plan=plan):
+            if scores is not None:
+                yield scores
+
+    def steps(self, encoder, first: Parent, second: Parent, position: float, *, plan: Sequence[int] | None = None,
+              chunk: int = 256, hold: Callable[[], AbstractContextManager] | None = None
+              ) -> Iterator[tuple[float, LiveScores | None]]:
+        """The work of `stages` in steps of at most `chunk` clips' features or one stage's probes: yields
+        (fraction of the clips done, the stage's scores or None between them), so that a caller can drop a
+        superseded merge at any step. `hold()`, when given, is entered around each step's use of the encoder and
+        yields it (e.g. a lock and a pooled model that has to be re-filled); `encoder` is then ignored."""
         start = time.perf_counter()
+        hold = hold or (lambda: nullcontext(encoder))
         features = ClipFeatures(self.suite, encoder)
+        total = len(self.suite.clips)
         for number, k in enumerate(plan or self.plan()):
+            subset = self.subset(k) if k else full_subset(self.suite)
+            missing = [i for i in subset.clips() if i not in features.rows]
+            for at in range(0, len(missing), chunk):
+                with hold() as running:
+                    features.encoder = running
+                    features.get(missing[at:at + chunk])
+                if at + chunk < len(missing):
+                    yield len(features.rows) / total, None
             if k == 0:
-                rows = features.get(range(len(self.suite.clips)))
-                results = self._score(full_subset(self.suite), lambda idx: rows[list(idx)], 0)
-                yield full_stage(results, self.domains, len(features.rows), time.perf_counter() - start, self.seed)
+                results = self._score(subset, features.get, 0)
+                yield 1.0, full_stage(results, self.domains, len(features.rows), time.perf_counter() - start, self.seed)
                 return
-            subset = self.subset(k)
             self.calibrate(first, k)
             self.calibrate(second, k)
-            features.get(subset.clips())
             results = self._score(subset, features.get, k)
             tasks = {task: corrected_estimate(results[task], first.stage[k][task], second.stage[k][task],
                                               (first.full[task], second.full[task]), position,
                                               (first.train_variance[k][task] + second.train_variance[k][task]) / 2)
                      for task in self.domains}
             name = "quick" if number == 0 else f"{k} per class"
-            yield LiveScores(name, k, tasks, self.domains, len(features.rows), time.perf_counter() - start)
+            yield len(features.rows) / total, LiveScores(name, k, tasks, self.domains, len(features.rows),
+                                                         time.perf_counter() - start)
 
 
 def _training_variance(results: Sequence[TaskResult]) -> float:

@@ -95,9 +95,9 @@ def test_every_method_merges_and_the_alpha_corners_are_the_inputs(app_server, al
     for method in METHOD_ROLES:
         summary = client.predict(method=method, alpha=0.3, api_name="/merge")[3]
         assert summary["method"] == method and set(summary["scores"]) == set(TASKS)
-    _, lab = app_server
-    speech_scores = lab.reference(MODEL_NAMES["speech"])[1].accuracy
-    assert client.predict(method="linear", alpha=0.0, api_name="/merge")[3]["scores"] == speech_scores
+    _, bars, _, corner = client.predict(method="linear", alpha=0.0, api_name="/merge")  # the last stage: full suite
+    speech_bars = next(t for t in plot(bars)["data"] if t["name"] == "speech")  # the speech encoder's full-suite scores
+    assert list(corner["scores"].values()) == [round(v, 2) for v in speech_bars["y"]]
     per_layer = client.predict(method="linear", alpha=0.2, layer_alphas="0.1, 0.9", api_name="/merge")[3]
     assert per_layer["params"] == {"alpha": 0.2, "layer_alphas": [0.1, 0.9]}
 
@@ -173,8 +173,8 @@ def test_bad_clips_get_a_message_and_the_server_keeps_serving(app_server, tmp_pa
     for path, message in cases:
         with pytest.raises(Exception, match=message):
             client.predict(handle_file(str(path)), api_name="/probe_clip")
-    with pytest.raises(Exception):  # refused by the upload limit before any handler runs
-        big = write_wav(tmp_path / "big.wav", 0.1 * rng.standard_normal(UPLOAD_LIMIT, dtype=np.float32))
+    big = write_wav(tmp_path / "big.wav", 0.1 * rng.standard_normal(UPLOAD_LIMIT, dtype=np.float32))
+    with pytest.raises(Exception, match=f"big.wav exceeds the maximum file size of {UPLOAD_LIMIT} bytes"):  # no handler runs
         client.predict(handle_file(str(big)), api_name="/probe_clip")
     assert new_client(app_server[0]).predict(api_name="/encoders")[1] == ""
 
@@ -247,3 +247,27 @@ def test_python_app_py_starts_and_names_missing_models(tmp_path):
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"alpha": "0.5"}, "str value '0.5' is not accepted"),
+    ({"alpha": [0.5]}, "list value .* is not accepted"),
+    ({"method": 3}, "not in the list of choices"),
+    ({"layer_alphas": "x" * 2**20}, "per-layer α: 'x{40}…' is not a number"),
+])
+def test_values_of_the_wrong_type_get_a_one_line_message(app_server, kwargs, message):
+    client = new_client(app_server[0])
+    with pytest.raises(Exception, match=message) as refused:
+        client.predict(**{"method": "linear", **kwargs}, api_name="/merge")
+    assert len(str(refused.value)) < 400 and "\n" not in str(refused.value).strip()
+
+
+def test_one_upload_request_cannot_store_several_files(app_server, tmp_path):
+    import httpx
+
+    rng = np.random.default_rng(1)
+    samples = int(0.45 * UPLOAD_LIMIT) // 2  # 16-bit: each file under the limit, the three together over it
+    files = [("files", (f"clip{i}.wav", write_wav(tmp_path / f"clip{i}.wav", 0.1 * rng.standard_normal(
+        samples, dtype=np.float32)).read_bytes())) for i in range(3)]
+    response = httpx.post(f"{app_server[0]}gradio_api/upload", files=files)
+    assert response.status_code == 413 and "one file of at most 2 MB" in response.json()["detail"]

@@ -89,8 +89,10 @@ def test_the_full_stage_equals_the_benchmark_scoring_after_quick_stages_reused_t
     first, second, merged = merged_pair()
     live = LiveProbes(suite, resamples=3, ladder=(1, 2))
     parents = live.parent(first), live.parent(second)
-    stages = list(live.stages(merged, *parents, 0.3, plan=[1, 2, 0]))
+    steps = list(live.steps(merged, *parents, 0.3, plan=[1, 2, 0], chunk=7))  # features in chunks of 7 clips
+    stages = [scores for _, scores in steps if scores is not None]
     assert [s.stage for s in stages] == ["quick", "2 per class", "full"]
+    assert len(steps) > len(stages) + 10 and [f for f, _ in steps] == sorted(f for f, _ in steps)
     benchmark = ProbeSuite(suite.clips, suite.tasks).score(merged, seed=0)  # what `merging benchmark` runs per row
     full = stages[-1]
     assert full.accuracy == benchmark.accuracy

@@ -1,0 +1,68 @@
+"""The /merge endpoint streams live scores: a quick estimate with intervals, then refined stages up to the full suite."""
+from __future__ import annotations
+
+import json
+
+from gradio_client import Client
+
+from merging.benchmark import MODEL_NAMES, _merged
+from merging.encoders import load_encoder
+from merging.probes import builtin_suite
+
+TASKS = ["keyword", "speaker", "instrument_family", "pitch_class", "chord_quality"]
+
+
+def stream_merge(url: str, **inputs) -> list:
+    job = Client(url, verbose=False).submit(api_name="/merge", **inputs)
+    job.result()
+    return job.outputs()
+
+
+def test_a_merge_answers_with_a_quick_estimate_then_refines_to_the_benchmarks_full_suite(app_server, lab_models):
+    url, _ = app_server
+    outputs = stream_merge(url, method="linear", alpha=0.3)
+    summaries = [output[3] for output in outputs]
+    assert summaries[0]["stage"] == "quick" and summaries[-1]["stage"] == "full"
+    assert "stage: quick" in outputs[0][0] and "stage: full suite" in outputs[-1][0]
+    quick, full = summaries[0], summaries[-1]
+    for summary in (quick, full):
+        assert set(summary["intervals"]) == {*TASKS, "speech_avg", "music_avg", "avg"}
+        for name, (low, high) in summary["intervals"].items():
+            value = summary["scores"][name] if name in TASKS else summary[name]
+            assert 0 <= low <= value <= high <= 100
+        assert set(summary["test_clips"]) == set(TASKS)
+    assert all(quick["test_clips"][t] < full["test_clips"][t] for t in TASKS)
+    assert full["test_clips"] == {t: len(task.test) for t, task in zip(TASKS, builtin_suite().tasks)}
+
+    speech, music = (load_encoder(lab_models / MODEL_NAMES[role]) for role in ("speech", "music"))
+    benchmark = builtin_suite().score(_merged("linear", {"speech": speech, "music": music}, alpha=0.3), seed=0)
+    assert full["scores"] == {t: round(v, 2) for t, v in benchmark.accuracy.items()}
+
+
+def test_the_bars_carry_error_bars_and_test_clip_counts(app_server):
+    url, _ = app_server
+    first = stream_merge(url, method="linear", alpha=0.6)[0]
+    bars = json.loads(first[1]["plot"])
+    merged = next(trace for trace in bars["data"] if trace["name"] == "merged")
+    assert len(merged["error_y"]["array"]) == len(TASKS)
+    assert all("n=" in text for text in merged["text"])
+    curve = json.loads(first[2]["plot"])
+    star = curve["data"][-1]
+    assert star["marker"]["symbol"] == "star" and "error_x" in star and "error_y" in star
+
+
+def test_a_newer_merge_of_the_same_person_stops_the_running_refinement(app_server):
+    from merging.service.live_scores import LiveScoring
+    from merging.service.session import LabSession
+
+    _, lab = app_server
+    scoring = LiveScoring(lab)
+    recipe = lab.merge(LabSession(), lab.default_sources(), "linear", alpha=0.2).merged.recipe
+    older = scoring.stream(recipe, 0.2, "someone")
+    next(older)
+    newer = scoring.stream(recipe, 0.2, "someone")
+    next(newer)
+    elsewhere = scoring.stream(recipe, 0.2, "someone else")
+    next(elsewhere)  # another person's merge stops nobody's
+    assert list(older) == []
+    assert [scores.stage for _, scores in newer if scores is not None][-1] == "full"
