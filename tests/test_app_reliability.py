@@ -125,8 +125,34 @@ def test_concurrent_sessions_get_their_own_results_and_leave_the_encoders_alone(
     assert {key: state_checksum(lab.registry.get(key).state_dict()) for key in keys} == before
 
 
-def test_uploads_and_downloads_are_deleted_once_no_session_can_use_them(app_server):
+def test_uploads_and_downloads_are_deleted_once_no_session_can_use_them(app_server, monkeypatch):
+    import datetime
+    import gc
+    import time
+
+    import gradio as gr
+    from gradio import route_utils
+
     import app
 
-    frequency, age = app.build_app(app_server[1]).delete_cache
-    assert 0 < frequency <= age <= app.SESSION_SECONDS
+    url, lab = app_server
+    demo = next(b for b in gc.get_objects() if isinstance(b, gr.Blocks) and getattr(b, "local_url", None) == url)
+    frequency, age = demo.delete_cache
+    assert 0 < frequency <= age == app.SESSION_SECONDS
+    client = new_client(url)
+    client.predict(method="linear", alpha=0.2, api_name="/merge")
+    client.predict(api_name="/export")
+    export = max(lab.exports.root.rglob("*.zip"), key=lambda p: p.stat().st_mtime)
+    assert Path(demo.GRADIO_CACHE) in export.parents  # served from Gradio's cache as it is: no second copy
+    upload = Path(uploaded(url, SPEECH_CLIP))
+    route_utils.delete_files_created_by_app(demo, age)  # the hourly clean-up, while a session may still use them
+    assert upload.exists() and export.exists()
+
+    class Later(datetime.datetime):  # the same clean-up once a session's lifetime has passed
+        @classmethod
+        def now(cls, tz=None):
+            return datetime.datetime.fromtimestamp(time.time() + age + 1, tz)
+
+    monkeypatch.setattr(route_utils, "datetime", Later)
+    route_utils.delete_files_created_by_app(demo, age)
+    assert not upload.exists() and not export.exists()

@@ -26,12 +26,13 @@ class LabConfig:
     feature_batch: int = 8  # clips per forward pass: small batches stay in cache (fastest on 2 cores)
     fit_iterations: int = 30  # L-BFGS iterations per live probe (the benchmark: 100)
     threads: int = 0  # torch threads for feature extraction (0: torch's default)
+    max_disk_bytes: int = 2 * 2**30  # the app's files on disk: uploads, Gradio's copies and exports together
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] = os.environ) -> LabConfig:
         """MERGE_LAB_MODELS, MERGE_LAB_ENCODERS (comma-separated; on a Space the paper's two hub encoders by
         default), MERGE_LAB_DEVICE, MERGE_LAB_MAX_UPLOAD_MB, MERGE_LAB_LIVE_TRAIN, MERGE_LAB_LIVE_TEST,
-        MERGE_LAB_CALIBRATION_LIMIT, MERGE_LAB_FIT_ITERATIONS, MERGE_LAB_THREADS."""
+        MERGE_LAB_CALIBRATION_LIMIT, MERGE_LAB_FIT_ITERATIONS, MERGE_LAB_THREADS, MERGE_LAB_DISK_MB."""
         default_extra = ",".join(PAPER_HUB_ENCODERS) if environ.get("SPACE_ID") else ""
         extra = tuple(s.strip() for s in environ.get("MERGE_LAB_ENCODERS", default_extra).split(",") if s.strip())
         limit = environ.get("MERGE_LAB_CALIBRATION_LIMIT")
@@ -45,4 +46,5 @@ class LabConfig:
             calibration_limit=int(limit) if limit else None,
             fit_iterations=int(environ.get("MERGE_LAB_FIT_ITERATIONS", cls.fit_iterations)),
             threads=int(environ.get("MERGE_LAB_THREADS", cls.threads)),
+            max_disk_bytes=int(float(environ.get("MERGE_LAB_DISK_MB", cls.max_disk_bytes / 2**20)) * 2**20),
         )

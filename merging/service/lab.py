@@ -59,12 +59,16 @@ class Lab(Teaching):
         self.registry = EncoderRegistry(self.config.models_dir, self.config.extra_encoders)
         self.pool = ModelPool()
         self.kept = KeptWeights()
-        self.exports = ExportFolder(keep=8)
+        self.exports = ExportFolder(keep=8, max_bytes=self.config.max_disk_bytes // 2)
         self._bench: ProbeBench | None = None
         self._calibration: tuple[list[np.ndarray], str] | None = None
         self._alignments: OrderedDict[tuple, Alignment] = OrderedDict()
         self._references: dict[str, tuple[dict[str, LinearProbe], ProbeScores]] = {}
         self._lock = threading.RLock()
+
+    def keep_exports_in(self, parent: Path) -> None:
+        """Write the exports under `parent` from now on (the app's file cache: served from there, not copied)."""
+        self.exports = ExportFolder(keep=8, parent=parent, max_bytes=self.config.max_disk_bytes // 2)
 
     @contextmanager
     def _computing(self) -> Iterator[None]:

@@ -1,0 +1,56 @@
+"""Limits on what a client can make the server store: one upload request carries at most one file's worth of
+bytes, and uploads wait while the app's files on disk are over the cap (an ASGI middleware for the app)."""
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+MULTIPART_OVERHEAD = 64 * 2**10  # form boundaries and headers around the one file
+
+
+def folder_bytes(folder: Path) -> int:
+    return sum(f.stat().st_size for f in Path(folder).rglob("*") if f.is_file())
+
+
+class UploadLimit:
+    """Refuses an upload request (POST …/upload) without a Content-Length (411), with more bytes than one file
+    may have (413), or while `disk_bytes()` stays over `max_disk_bytes` after `make_room()` (507)."""
+
+    def __init__(self, app, *, max_request_bytes: int, max_disk_bytes: int, folder: Path,
+                 make_room: Callable[[], None] = lambda: None) -> None:
+        self.app, self.max_request_bytes, self.max_disk_bytes = app, max_request_bytes, max_disk_bytes
+        self.folder, self.make_room = Path(folder), make_room
+        self._measured = (0.0, 0)  # (when, bytes): the folder is measured at most once a second
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http" and scope["method"] == "POST" and scope["path"].rstrip("/").endswith("/upload"):
+            refusal = self._refusal(dict(scope["headers"]).get(b"content-length"))
+            if refusal:
+                status, message = refusal
+                body = json.dumps({"detail": message}).encode()
+                await send({"type": "http.response.start", "status": status,
+                            "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+                await send({"type": "http.response.body", "body": body})
+                return
+        await self.app(scope, receive, send)
+
+    def _refusal(self, length: bytes | None) -> tuple[int, str] | None:
+        limit_mb = (self.max_request_bytes - MULTIPART_OVERHEAD) / 2**20
+        if length is None:
+            return 411, "an upload must say its size (Content-Length)"
+        if not length.isdigit() or int(length) > self.max_request_bytes:
+            return 413, f"one upload request may carry one file of at most {limit_mb:g} MB"
+        if self._disk_bytes() + int(length) > self.max_disk_bytes:
+            self.make_room()
+            self._measured = (0.0, 0)
+            if self._disk_bytes() + int(length) > self.max_disk_bytes:
+                return 507, "the server's space for uploads is full: try again later"
+        return None
+
+    def _disk_bytes(self) -> int:
+        when, size = self._measured
+        if time.monotonic() - when > 1:
+            self._measured = (time.monotonic(), folder_bytes(self.folder))
+        return self._measured[1]
