@@ -124,12 +124,12 @@ def result(correct):
 
 def test_the_correction_adds_the_parents_gap_interpolated_by_position():
     merged, first, second = result([1, 1, 0, 0]), result([1, 0, 0, 0]), result([1, 1, 1, 0])
-    estimate = corrected_estimate(merged, first, second, (45.0, 95.0), 0.25, 0.0)
-    gap = 0.75 * (45 - 25) + 0.25 * (95 - 75)
+    estimate = corrected_estimate(merged, first, second, (45.0, 85.0), 0.25, 0.0)
+    gap = 0.75 * (45 - 25) + 0.25 * (85 - 75)
     assert estimate.score == pytest.approx(50 + gap)
     assert estimate.raw == 50 and estimate.test_clips == 4
     assert estimate.low < estimate.score < estimate.high
-    wider = corrected_estimate(merged, first, second, (45.0, 95.0), 0.25, 40.0)
+    wider = corrected_estimate(merged, first, second, (45.0, 85.0), 0.25, 40.0)
     assert wider.high - wider.low > estimate.high - estimate.low
     clipped = corrected_estimate(result([1, 1, 1, 1]), first, second, (100.0, 100.0), 0.5, 0.0)
     assert clipped.score == 100 and clipped.high == 100
