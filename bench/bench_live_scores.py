@@ -60,6 +60,7 @@ def main() -> None:
     parser.add_argument("--budget", type=float, default=2.0, help="seconds for the quick stage")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--full-timing", type=int, default=2, help="merges also scored on the full suite from scratch")
+    parser.add_argument("--per-class", type=int, help="fix the quick stage's clips per class (default: fit the budget)")
     parser.add_argument("--json")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -70,8 +71,10 @@ def main() -> None:
     start = time.perf_counter()
     parents = {role: live.parent(models[role]) for role in PARENT_ROLES}
     plan = live.plan()
+    if args.per_class:
+        plan = [args.per_class, *[k for k in plan if k == 0 or k > args.per_class]]
     for setting in SETTINGS:
-        live.prepare(parents[setting.parents[0]], parents[setting.parents[1]])
+        live.prepare(parents[setting.parents[0]], parents[setting.parents[1]], plan=plan)
     print(f"parents scored and calibrated in {time.perf_counter() - start:.0f} s; {live.clip_seconds * 1e3:.1f} ms per clip; "
           f"plan (clips per class, 0 = full suite): {plan}, quick stage {len(live.subset(plan[0]).clips()) if plan[0] else len(suite.clips)} clips")
     rows, quick_seconds, full_seconds = [], [], []

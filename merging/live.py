@@ -300,9 +300,9 @@ class LiveProbes:
         parent.train_variance[per_class] = {task: _training_variance([r[task] for r in redrawn]) for task in self.domains}
         parent.stage[per_class] = self._score(self.subset(per_class), parent.take, per_class)
 
-    def prepare(self, *parents: Parent) -> list[int]:
+    def prepare(self, *parents: Parent, plan: Sequence[int] | None = None) -> list[int]:
         """Calibrate the parents for every stage of the plan (before a merge, so its first answer stays quick)."""
-        plan = self.plan()
+        plan = list(plan or self.plan())
         for parent in parents:
             for k in plan:
                 if k:
