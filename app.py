@@ -218,6 +218,7 @@ def build_app(lab: Lab, scoring: LiveScoring | None = None) -> gr.Blocks:
 
         owner = request.session_hash if request is not None and request.session_hash else str(id(session))
         for update in app_live.stream(scoring, session, sources, owner, status, summary, bars_of):
+            session = lab.with_stage(session, update[-1])
             yield session, *update
 
     @gpu

@@ -256,6 +256,11 @@ class Lab(Teaching):
         session = replace(session, merged=result) if record else session
         return self._with_point(session, method, recipe.inputs, result.point())
 
+    @staticmethod
+    def with_stage(session: LabSession, stage: dict) -> LabSession:
+        """The session with its merge's latest live stage, which an export then records."""
+        return replace(session, merged=replace(session.merged, stage=dict(stage)))
+
     def run(self, recipe: MergeRecipe) -> MergeResult:
         """The merge path: the recipe's weights written into the pooled model, then scored by the live probes.
         Callers hold `_computing()`."""
@@ -370,7 +375,7 @@ class Lab(Teaching):
         aligns = get_method(recipe.method).aligns
         record = merge_record(recipe.method, encoders, recipe.params, {aligns: recipe.alignment} if aligns else None,
                               allow_rate_mismatch=recipe.allow_rate_mismatch)
-        record["probe_scores"] = {"note": self.bench.describe(), **merged.scores.as_row()}
+        record["probe_scores"] = merged.stage or {"note": self.bench.describe(), **merged.scores.as_row()}
         folder = self.exports.new()
         name = f"merged-{recipe.method}"
         try:

@@ -42,6 +42,7 @@ class MergeResult:
     merge_seconds: float
     score_seconds: float
     device: str
+    stage: dict | None = None  # the latest live stage the page showed (scores, intervals, clip counts)
 
     @property
     def method(self) -> str:
