@@ -41,6 +41,9 @@ def capture(url: str, out: Path, alpha: float) -> None:
         number.blur()  # a release, as when letting go of the slider
         expect(page.locator("#merge-status")).to_contain_text("merged in", timeout=WAIT)
         expect(page.locator("#probe-bars g.trace.bars")).to_have_count(3, timeout=WAIT)
+        # the refined stages stream in; the picture shows the last one, the full suite, with both curves
+        expect(page.locator("#merge-status")).to_contain_text("stage: full suite", timeout=2 * WAIT)
+        expect(page.locator("#tradeoff")).to_contain_text("linear and permute", timeout=2 * WAIT)
         page.locator("#clip input[type=file]").set_input_files(str(CLIP))
         expect(page.locator("#predictions")).to_contain_text("%)", timeout=WAIT)
         expect(page.locator("#unit-traces .legendtext")).to_have_count(3, timeout=WAIT)

@@ -31,7 +31,8 @@ def test_a_merge_answers_with_a_quick_estimate_then_refines_to_the_benchmarks_fu
             value = summary["scores"][name] if name in TASKS else summary[name]
             assert 0 <= low <= value <= high <= 100
         assert set(summary["test_clips"]) == set(TASKS)
-    assert all(quick["test_clips"][t] < full["test_clips"][t] for t in TASKS)
+    # the quick stage's size follows this machine's speed: at its largest a small task's test split may be whole
+    assert quick["clips"] < full["clips"] and all(quick["test_clips"][t] <= full["test_clips"][t] for t in TASKS)
     assert full["test_clips"] == {t: len(task.test) for t, task in zip(TASKS, builtin_suite().tasks)}
 
     speech, music = (load_encoder(lab_models / MODEL_NAMES[role]) for role in ("speech", "music"))
