@@ -211,7 +211,8 @@ def build_app(lab: Lab, scoring: LiveScoring | None = None) -> gr.Blocks:
         sources = sources_of(speech, music, student_base, student_speech, student_music, speech_ft)
         session = lab.merge(session, sources, method, alpha=alpha, lambda_speech=lambda_speech,
                             lambda_music=lambda_music, layer_alphas=layer_alphas, allow_rate_mismatch=allow_rates)
-        session, status, _, _, summary = merge_outputs(session)  # then the live stages: quick, refined, full suite
+        session, _, _, _, summary = merge_outputs(session)  # then the live stages: quick, refined, full suite
+        status = app_text.merged_line(session.merged)
 
         def bars_of(values, intervals, counts):
             return probe_bars(values, lab.bench.domains, colours=BAR_COLOURS, intervals=intervals, test_clips=counts)

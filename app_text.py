@@ -45,6 +45,12 @@ def merge_status(merged: MergeResult, probe_note: str) -> str:
             f"probed in {merged.score_seconds:.2f} s on **{merged.device}** · {probe_note}")
 
 
+def merged_line(merged: MergeResult) -> str:
+    """What was merged, how fast and where: the line above the streamed stages, which say how it scores."""
+    return (f"**{merged.method}** {params_text(merged.params)} · merged in {merged.merge_seconds:.2f} s "
+            f"on **{merged.device}**")
+
+
 def merge_summary(merged: MergeResult, probe_note: str) -> dict:
     """The JSON summary of a merge (the /merge endpoint's fourth output)."""
     return {

@@ -80,7 +80,7 @@ def test_show_group_switches_the_heatmap_and_refuses_unknown_groups(aligned):
 
 def test_merge_reports_time_device_scores_bars_and_the_tradeoff_point(aligned):
     status, bars, curve, summary = aligned[2]
-    assert "merged in" in status and "on **cpu**" in status and "live probes" in status
+    assert "merged in" in status and "on **cpu**" in status and "stage: full suite" in status
     assert summary["method"] == "permute" and summary["params"] == {"alpha": 0.1} and summary["device"] == "cpu"
     assert set(summary["scores"]) == set(TASKS) and all(0 <= v <= 100 for v in summary["scores"].values())
     traces = plot(bars)["data"]
