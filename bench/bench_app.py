@@ -104,6 +104,22 @@ def timed(call) -> tuple[float, object]:
     return time.perf_counter() - start, result
 
 
+def staged(client, **inputs) -> tuple[float, float, str, str]:
+    """Seconds to the first streamed answer and to the last, and the stages of both."""
+    start = time.perf_counter()
+    job = client.submit(api_name="/merge", **inputs)
+    first = None
+    while not job.done():
+        if first is None and job.outputs():
+            first = time.perf_counter() - start, job.outputs()[0][3]["stage"]
+        time.sleep(0.05)
+    outputs = job.outputs()
+    job.result()  # raises the app's message if the merge failed
+    total = time.perf_counter() - start
+    first = first or (total, outputs[0][3]["stage"])
+    return first[0], total, first[1], outputs[-1][3]["stage"]
+
+
 def describe(times: list[float]) -> str:
     ordered = sorted(times)
     p90 = ordered[min(len(ordered) - 1, round(0.9 * (len(ordered) - 1)))]
@@ -126,19 +142,18 @@ def main() -> None:
               f"(load average before: {load}); models: {note}")
         seconds, _ = timed(lambda: client.predict(api_name="/align"))
         print(f"/align (calibration clips, cold): {seconds:.2f} s")
-        seconds, (_, _, _, summary) = timed(lambda: client.predict(method="permute", alpha=0.1, api_name="/merge"))
-        print(f"first /merge (fits the input encoders' probes unless warm-up already did): {seconds:.2f} s")
-        print(f"live probe set: {summary['probes']}")
+        first, total, stage, last = staged(client, method="permute", alpha=0.1)
+        print(f"first /merge (the inputs' full-suite scores unless warm-up already did): first answer ({stage}) "
+              f"{first:.2f} s, {last} {total:.2f} s")
         for method in ("permute", "linear", "task_arithmetic"):
-            times, inside = [], []
+            firsts, totals = [], []
             for i in range(args.repeats):
                 alpha = round(0.05 + 0.9 * (i + 1) / (args.repeats + 1), 3)
-                seconds, (_, _, _, summary) = timed(lambda: client.predict(method=method, alpha=alpha,
-                                                                           lambda_music=alpha, api_name="/merge"))
-                times.append(seconds)
-                inside.append(summary["merge_seconds"] + summary["score_seconds"])
-            print(f"slider release -> merged -> scores and plots ({method}, gradio_client round trip): {describe(times)}"
-                  f"; inside the server (merge + probes): median {statistics.median(inside):.2f} s")
+                first, total, _, _ = staged(client, method=method, alpha=alpha, lambda_music=alpha)
+                firsts.append(first)
+                totals.append(total)
+            print(f"slider release -> first scores and plots ({method}, gradio_client): {describe(firsts)}; "
+                  f"to the full suite: {describe(totals)}")
         clip = handle_file(str(ROOT / "assets" / "audio" / "examples" / "speech_over_music_yes_synth_lead.ogg"))
         times = [timed(lambda: client.predict(clip, api_name="/probe_clip"))[0] for _ in range(3)]
         print(f"/probe_clip (3 s clip, three encoders): {describe(times)}")

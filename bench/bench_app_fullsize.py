@@ -18,7 +18,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "bench"), str(ROOT / "scripts")]
-from bench_app import connect, free_loopback_port  # noqa: E402
+from bench_app import connect, free_loopback_port, staged  # noqa: E402
 from make_standins import write_standin  # noqa: E402
 
 from merging.benchmark import MODELS_DIR  # noqa: E402
@@ -31,22 +31,6 @@ def rss_mb(pid: int) -> float:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
     return float("nan")
-
-
-def staged(client, **inputs) -> tuple[float, float, str, str]:
-    """Seconds to the first streamed answer and to the last, and the stages of both."""
-    start = time.perf_counter()
-    job = client.submit(api_name="/merge", **inputs)
-    first = None
-    while not job.done():
-        if first is None and job.outputs():
-            first = time.perf_counter() - start, job.outputs()[0][3]["stage"]
-        time.sleep(0.05)
-    outputs = job.outputs()
-    job.result()  # raises the app's message if the merge failed
-    total = time.perf_counter() - start
-    first = first or (total, outputs[0][3]["stage"])
-    return first[0], total, first[1], outputs[-1][3]["stage"]
 
 
 def main() -> None:
