@@ -23,7 +23,7 @@ from merging.align import PAPER_COMPONENTS  # noqa: E402
 import app_live  # noqa: E402
 import app_teach  # noqa: E402
 import app_text  # noqa: E402
-from app_limits import MULTIPART_OVERHEAD, UploadLimit  # noqa: E402
+from app_limits import MULTIPART_OVERHEAD, DownloadOnce, UploadLimit  # noqa: E402
 from starlette.middleware import Middleware  # noqa: E402
 from merging.service.controls import quoted  # noqa: E402
 from app_text import ROLE_TITLES  # noqa: E402
@@ -343,7 +343,7 @@ def build_app(lab: Lab, scoring: LiveScoring | None = None) -> gr.Blocks:
         gr.Markdown("## 6 · Export")
         with gr.Row():
             export_button = gr.Button("Build the download (transformers format + merge_config.json)", elem_id="export-button")
-            export_file = gr.File(label="merged encoder (.zip)", elem_id="export-file", height=90)
+            export_file = gr.File(label="merged encoder (.zip): the link serves one download, then the server deletes it", elem_id="export-file", height=90)
 
         # -- events ---------------------------------------------------------------------------------
 
@@ -418,8 +418,9 @@ def launch(lab: Lab, scoring: LiveScoring | None = None, **kwargs) -> gr.Blocks:
     lab.keep_exports_in(cache / "merge-lab-exports")  # served from Gradio's cache as they are: no second copy
     limit = Middleware(UploadLimit, max_request_bytes=lab.config.max_upload_bytes + MULTIPART_OVERHEAD,
                        max_disk_bytes=lab.config.max_disk_bytes, folder=cache, make_room=lambda: lab.exports.prune(keep=1))
+    once = Middleware(DownloadOnce, exports=lambda: lab.exports)
     demo.launch(max_file_size=lab.config.max_upload_bytes, allowed_paths=[str(EXAMPLES_DIR)], theme=THEME,
-                app_kwargs={"middleware": [limit]}, **kwargs)
+                app_kwargs={"middleware": [limit, once]}, **kwargs)
     return demo
 
 

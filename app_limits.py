@@ -1,5 +1,6 @@
-"""Limits on what a client can make the server store: one upload request carries at most one file's worth of
-bytes, and uploads wait while the app's files on disk are over the cap (an ASGI middleware for the app)."""
+"""Limits on what a client can make the server store (ASGI middlewares for the app): one upload request carries
+at most one file's worth of bytes, uploads wait while the app's files on disk are over the cap, and an exported
+zip is removed as soon as it has been downloaded whole."""
 from __future__ import annotations
 
 import json
@@ -54,3 +55,38 @@ class UploadLimit:
         if time.monotonic() - when > 1:
             self._measured = (time.monotonic(), folder_bytes(self.folder))
         return self._measured[1]
+
+
+class DownloadOnce:
+    """Removes an export (`discard(path)` of the folder `exports()` names) once a GET of it has been answered 200 to
+    its last byte: a zip is built for one download, so it does not wait for the cap or the hourly clean-up. A
+    HEAD, a range (206) or a download broken off leaves it in place."""
+
+    def __init__(self, app, *, exports: Callable[[], object]) -> None:
+        self.app, self.exports = app, exports
+
+    async def __call__(self, scope, receive, send):
+        path = _file_route_path(scope)
+        if path is None:
+            await self.app(scope, receive, send)
+            return
+        status = None
+
+        async def watched(message):
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+            whole = message["type"] == "http.response.pathsend" or (
+                message["type"] == "http.response.body" and not message.get("more_body", False))
+            if whole and status == 200:
+                self.exports().discard(path)
+
+        await self.app(scope, receive, watched)
+
+
+def _file_route_path(scope) -> Path | None:
+    """The server path a GET of Gradio's file route (…/file=<path>) asks for, or None for any other request."""
+    if scope["type"] != "http" or scope["method"] != "GET" or "/file=" not in scope["path"]:
+        return None
+    return Path(scope["path"].split("/file=", 1)[1])  # ASGI paths arrive percent-decoded

@@ -2,8 +2,10 @@
 values outside the controls' ranges, and unusual but valid uploads."""
 from __future__ import annotations
 
+import io
 import json
 import threading
+import time
 import zipfile
 from pathlib import Path
 
@@ -139,7 +141,7 @@ def test_uploads_and_downloads_are_deleted_once_no_session_can_use_them(app_serv
     demo = next(b for b in gc.get_objects() if isinstance(b, gr.Blocks) and getattr(b, "local_url", None) == url)
     frequency, age = demo.delete_cache
     assert 0 < frequency <= age == app.SESSION_SECONDS
-    client = new_client(url)
+    client = Client(url, verbose=False, download_files=False)  # an export nobody downloads
     client.predict(method="linear", alpha=0.2, api_name="/merge")
     client.predict(api_name="/export")
     export = max(lab.exports.root.rglob("*.zip"), key=lambda p: p.stat().st_mtime)
@@ -156,3 +158,23 @@ def test_uploads_and_downloads_are_deleted_once_no_session_can_use_them(app_serv
     monkeypatch.setattr(route_utils, "datetime", Later)
     route_utils.delete_files_created_by_app(demo, age)
     assert not upload.exists() and not export.exists()
+
+
+def test_an_export_is_deleted_once_it_has_been_downloaded_whole(app_server):
+    url, lab = app_server
+    client = Client(url, verbose=False, download_files=False)
+    client.predict(method="linear", alpha=0.3, api_name="/merge")
+    served = client.predict(api_name="/export")
+    export = Path(served["path"])
+    assert lab.exports.root in export.parents and export.is_file()
+    link = f"{url}gradio_api/file={export}"
+    assert httpx.head(link).status_code == 200 and export.is_file()
+    partial = httpx.get(link, headers={"Range": "bytes=0-99"})
+    assert partial.status_code == 206 and len(partial.content) == 100 and export.is_file()
+    whole = httpx.get(link)
+    assert whole.status_code == 200 and zipfile.ZipFile(io.BytesIO(whole.content)).namelist()
+    deadline = time.monotonic() + 10  # removed just after the last byte went out
+    while export.parent.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not export.parent.exists()  # its whole export folder, not only the zip
+    assert httpx.get(link).status_code != 200

@@ -22,6 +22,15 @@ class ExportFolder:
     def new(self) -> Path:
         return Path(tempfile.mkdtemp(prefix="export-", dir=self.root))
 
+    def discard(self, path: Path) -> bool:
+        """Remove the export that holds `path` (True), or nothing when `path` is not one of this folder's exports."""
+        try:
+            export = self.root / Path(path).resolve().relative_to(self.root.resolve()).parts[0]
+        except (ValueError, IndexError):
+            return False
+        shutil.rmtree(export, ignore_errors=True)
+        return True
+
     def bytes(self) -> int:
         return sum(f.stat().st_size for f in self.root.rglob("*") if f.is_file())
 
