@@ -197,13 +197,6 @@ def build_app(lab: Lab, scoring: LiveScoring | None = None) -> gr.Blocks:
     def show_group(session, name, zoom=app_teach.DEFAULT_ZOOM):
         return group_figures(session, name, zoom)
 
-    def merge_outputs(session):
-        merged = session.merged
-        note = lab.bench.describe()
-        bars = probe_bars(app_text.by_display_role(lab.reference_scores(session)), lab.bench.domains, colours=BAR_COLOURS)
-        curve = tradeoff_curve(session.curve_points(), current=merged.point())
-        return session, app_text.merge_status(merged, note), bars, curve, app_text.merge_summary(merged, note)
-
     @gpu
     @toasts
     def run_merge(session, method, alpha, lambda_speech, lambda_music, layer_alphas,
@@ -211,16 +204,14 @@ def build_app(lab: Lab, scoring: LiveScoring | None = None) -> gr.Blocks:
         sources = sources_of(speech, music, student_base, student_speech, student_music, speech_ft)
         session = lab.merge(session, sources, method, alpha=alpha, lambda_speech=lambda_speech,
                             lambda_music=lambda_music, layer_alphas=layer_alphas, allow_rate_mismatch=allow_rates)
-        session, _, _, _, summary = merge_outputs(session)  # then the live stages: quick, refined, full suite
+        summary = app_text.merge_summary(session.merged)  # then the live stages: quick, refined, full suite
         status = app_text.merged_line(session.merged)
 
         def bars_of(values, intervals, counts):
             return probe_bars(values, lab.bench.domains, colours=BAR_COLOURS, intervals=intervals, test_clips=counts)
 
         owner = request.session_hash if request is not None and request.session_hash else str(id(session))
-        for update in app_live.stream(scoring, session, sources, owner, status, summary, bars_of):
-            session = lab.with_stage(session, update[-1])
-            yield session, *update
+        yield from app_live.stream(scoring, session, sources, owner, status, summary, bars_of, lab.with_stage)
 
     @gpu
     @toasts
@@ -229,8 +220,7 @@ def build_app(lab: Lab, scoring: LiveScoring | None = None) -> gr.Blocks:
         sources = sources_of(speech, music, student_base, student_speech, student_music, speech_ft)
         session = lab.sweep(session, sources, method, allow_rate_mismatch=allow_rates,
                             progress=lambda fraction, message: progress(fraction, desc=message))
-        current = session.merged.point() if session.merged else None
-        return session, tradeoff_curve(session.curve_points(), current=current)
+        return session, tradeoff_curve(session.curve_points(), title=f"{method} over the live probe set ({lab.bench.describe()})")
 
     @gpu
     @toasts

@@ -55,15 +55,17 @@ def curve(scoring: LiveScoring, session, sources: dict, scores: LiveScores):
 
 
 def stream(scoring: LiveScoring, session, sources: dict, owner: str, merge_status: str, summary: dict,
-           bars) -> Iterator[tuple]:
-    """(status, bars, curve, summary) per stage of the session's merge, until the full suite or a newer merge."""
+           bars, place) -> Iterator[tuple]:
+    """(session, status, bars, curve, summary) per stage of the session's merge, until the full suite or a newer
+    merge; `place(session, stage summary, the inputs' averages)` records each stage in the session (the Lab's
+    `with_stage`)."""
     merged = session.merged
-    position = merged.point()["alpha"]
-    for fraction, scores in scoring.stream(merged.recipe, position, owner):
+    for fraction, scores in scoring.stream(merged.recipe, merged.position, owner):
         if scores is None:
             continue
-        values, intervals, counts = bar_data(scoring, session, scores)
-        figure = bars(values, intervals, counts)
-        status = f"{merge_status}  \n{stage_status(scores, fraction < 1.0)}"
         probes = f"{scores.stage}: {scores.clips} clips" + ("" if scores.stage == "full" else ", corrected by both inputs")
-        yield status, figure, curve(scoring, session, sources, scores), {**summary, **scores.summary(), "probes": probes}
+        summary = {**summary, **scores.summary(), "probes": probes}
+        session = place(session, summary, scoring.input_averages(merged.recipe))
+        values, intervals, counts = bar_data(scoring, session, scores)
+        status = f"{merge_status}  \n{stage_status(scores, fraction < 1.0)}"
+        yield session, status, bars(values, intervals, counts), curve(scoring, session, sources, scores), summary

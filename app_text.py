@@ -40,28 +40,20 @@ def params_text(params: dict) -> str:
     return ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items())
 
 
-def merge_status(merged: MergeResult, probe_note: str) -> str:
-    return (f"**{merged.method}** {params_text(merged.params)} · merged in {merged.merge_seconds:.2f} s, "
-            f"probed in {merged.score_seconds:.2f} s on **{merged.device}** · {probe_note}")
-
-
 def merged_line(merged: MergeResult) -> str:
     """What was merged, how fast and where: the line above the streamed stages, which say how it scores."""
     return (f"**{merged.method}** {params_text(merged.params)} · merged in {merged.merge_seconds:.2f} s "
             f"on **{merged.device}**")
 
 
-def merge_summary(merged: MergeResult, probe_note: str) -> dict:
-    """The JSON summary of a merge (the /merge endpoint's fourth output)."""
+def merge_summary(merged: MergeResult) -> dict:
+    """The JSON summary of a merge (the /merge endpoint's fourth output), before the live stages add its scores."""
     return {
         "method": merged.method,
         "params": merged.params,
         "inputs": merged.sources,
         "device": merged.device,
         "merge_seconds": round(merged.merge_seconds, 3),
-        "score_seconds": round(merged.score_seconds, 3),
-        "probes": probe_note,
-        **{k: (round(v, 2) if isinstance(v, float) else v) for k, v in merged.scores.as_row().items()},
     }
 
 

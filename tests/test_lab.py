@@ -92,16 +92,25 @@ def test_merge_returns_a_new_session_and_leaves_the_encoders_alone(lab):
         lab.align(empty, sources["speech"], sources["music"], components=("cnn", "mlp"))
 
 
-def test_the_tradeoff_curve_starts_at_the_inputs_and_collects_merges(lab):
+def test_a_merge_fits_no_probes_and_its_live_stages_place_it_on_the_tradeoff_curve(lab, monkeypatch):
     sources = lab.default_sources()
-    session = lab.merge(LabSession(), sources, "linear", alpha=0.3)
-    session = lab.merge(session, sources, "linear", alpha=0.3)  # the same point once
+    with monkeypatch.context() as patched:  # the merge path leaves scoring to the live stages
+        patched.setattr(lab.bench, "evaluate", lambda *a, **k: pytest.fail("a merge fitted the live probe set"))
+        session = lab.merge(LabSession(), sources, "linear", alpha=0.3)
+    assert session.curves == {} and session.merged.stage is None
+    ends = ({"speech_avg": 70.0, "music_avg": 20.0}, {"speech_avg": 30.0, "music_avg": 65.0})
+    stage = {"stage": "quick", "speech_avg": 61.0, "music_avg": 42.0}
+    session = lab.with_stage(session, stage, ends)
+    session = lab.merge(session, sources, "linear", alpha=0.3)
+    session = lab.with_stage(session, {**stage, "stage": "full", "speech_avg": 62.0}, ends)  # the same point, once
     points = session.curve_points()["linear"]
-    assert [p["label"] for p in points] == ["α=0", "α=0.3", "α=1"]
-    speech = lab.reference(sources["speech"])[1]
-    assert points[0]["speech_avg"] == speech.average("speech") and points[0]["music_avg"] == speech.average("music")
-    session = lab.merge(session, sources, "ties", lambda_speech=0.8, lambda_music=0.2)
-    assert [p["label"] for p in session.curve_points()["ties"]] == ["λ=0.8/0.2"]
+    assert [(p["label"], p["speech_avg"], p["music_avg"]) for p in points] == [
+        ("α=0", 70.0, 20.0), ("α=0.3", 62.0, 42.0), ("α=1", 30.0, 65.0)]
+    assert session.merged.stage["stage"] == "full"
+    session = lab.with_stage(lab.merge(session, sources, "ties", lambda_speech=0.8, lambda_music=0.2), stage, ends)
+    assert [p["label"] for p in session.curve_points()["ties"]] == ["λ=0.8/0.2"]  # no α ends for task vectors
+    probes, scores = lab.fitted(session.merged.recipe)  # the clip panel's probes: fitted when first asked for
+    assert set(probes) == set(scores.accuracy) and lab.fitted(session.merged.recipe)[0] is probes
 
 
 def test_the_showcase_group_is_the_best_gain_among_drawable_groups():

@@ -249,28 +249,37 @@ class Lab(Teaching):
     def merge(self, session: LabSession, sources: Mapping[str, str | None], method: str, *, record: bool = True,
               **controls) -> LabSession:
         """Merge with the chosen encoders (controls: alpha, lambda_speech, lambda_music, layer_alphas,
-        allow_rate_mismatch), score the result with the live probes; the session keeps the recipe."""
+        allow_rate_mismatch); the session keeps the recipe. Its scores come from the live stages
+        (`LiveScoring.stream`), which report back through `with_stage`."""
         recipe = self.recipe(session, sources, method, **controls)
         with self._computing():
             result = self.run(recipe)
-        session = replace(session, merged=result) if record else session
-        return self._with_point(session, method, recipe.inputs, result.point())
+        return replace(session, merged=result) if record else session
 
-    @staticmethod
-    def with_stage(session: LabSession, stage: dict) -> LabSession:
-        """The session with its merge's latest live stage, which an export then records."""
-        return replace(session, merged=replace(session.merged, stage=dict(stage)))
+    def with_stage(self, session: LabSession, stage: dict, ends: tuple[dict, dict] | None = None) -> LabSession:
+        """The session with its merge's latest live stage (which an export then records) and that merge's point on
+        its method's trade-off curve; `ends`: the two inputs' {"speech_avg", "music_avg"} on the same scale, the
+        curve's α 0 and 1 for interpolating methods."""
+        merged = session.merged
+        session = replace(session, merged=replace(merged, stage=dict(stage)))
+        point = tradeoff_point(merged.method, merged.params, stage["speech_avg"], stage["music_avg"])
+        ends_points = None
+        if ends is not None and merged.method in ALPHA_METHODS:
+            ends_points = tuple({"alpha": a, "label": f"α={a:g}", **end} for a, end in zip((0.0, 1.0), ends))
+        return self._with_point(session, merged.method, merged.sources, point, ends_points)
 
     def run(self, recipe: MergeRecipe) -> MergeResult:
-        """The merge path: the recipe's weights written into the pooled model, then scored by the live probes.
-        Callers hold `_computing()`."""
+        """The merge path: the recipe's weights written into the pooled model. Callers hold `_computing()`."""
         start = time.perf_counter()
-        with self.loaded(recipe) as merged:
+        with self.loaded(recipe):
             _synchronize(self.device)
-            merge_seconds = time.perf_counter() - start
-            probes, scores = self.bench.evaluate(merged, key=recipe.key)
-        score_seconds = time.perf_counter() - start - merge_seconds
-        return MergeResult(recipe, probes, scores, merge_seconds, score_seconds, self.device)
+        return MergeResult(recipe, time.perf_counter() - start, self.device)
+
+    def fitted(self, recipe: MergeRecipe) -> tuple[dict[str, LinearProbe], ProbeScores]:
+        """The live probe set's probes fitted on the recipe's merged encoder, and their scores (fitted when first
+        asked for: by the clip panel, the sweep, an export before any stage; cached by the recipe)."""
+        with self._computing(), self.loaded(recipe) as merged:
+            return self.bench.evaluate(merged, key=recipe.key)
 
     @contextmanager
     def loaded(self, recipe: MergeRecipe) -> Iterator[Encoder]:
@@ -297,39 +306,39 @@ class Lab(Teaching):
         else:
             copying(run_method(recipe.method, states, **params))(out)
 
-    def _with_point(self, session: LabSession, method: str, inputs: dict[str, str], point: dict) -> LabSession:
+    def _with_point(self, session: LabSession, method: str, inputs: dict[str, str], point: dict,
+                    ends: tuple[dict, ...] | None = None) -> LabSession:
         sources = tuple(sorted(inputs.items()))
         old_sources, points = session.curves.get(method, (None, ()))
         if old_sources != sources:
-            points = self._endpoints(method, inputs)
+            points = ()
+        if ends is not None:
+            points = tuple(p for p in points if p["label"] not in {e["label"] for e in ends}) + ends
         points = tuple(p for p in points if p["label"] != point["label"]) + (point,)
         return replace(session, curves={**session.curves, method: (sources, points)})
 
-    def _endpoints(self, method: str, inputs: dict[str, str]) -> tuple[dict, ...]:
-        """For α methods, α=0 is the first input and α=1 the second (functionally, for permute)."""
+    def _reference_ends(self, method: str, inputs: dict[str, str]) -> tuple[dict, ...] | None:
+        """For α methods, α=0 is the first input and α=1 the second (functionally, for permute): the live probe
+        set's scores of each."""
         if method not in ALPHA_METHODS:
-            return ()
+            return None
         first, second = list(inputs.values())
-        return tuple(tradeoff_point(method, {"alpha": a}, self.reference(key)[1]) for a, key in ((0.0, first), (1.0, second)))
+        return tuple(tradeoff_point(method, {"alpha": a}, scores.average("speech"), scores.average("music"))
+                     for a, scores in ((0.0, self.reference(first)[1]), (1.0, self.reference(second)[1])))
 
     def sweep(self, session: LabSession, sources: Mapping[str, str | None], method: str, *,
               allow_rate_mismatch: bool = False, progress: Progress | None = None) -> LabSession:
-        """Fill `method`'s trade-off curve: α from 0.1 to 0.75, or λ pairs summing to 1 for task vectors."""
+        """Fill `method`'s trade-off curve on the live probe set: α from 0.1 to 0.75, or λ pairs summing to 1 for
+        task vectors (each merge fitted with its own probes)."""
         settings = sweep_settings(method)
         for step, setting in enumerate(settings):
-            session = self.merge(session, sources, method, record=False, allow_rate_mismatch=allow_rate_mismatch, **setting)
+            recipe = self.recipe(session, sources, method, allow_rate_mismatch=allow_rate_mismatch, **setting)
+            scores = self.fitted(recipe)[1]
+            point = tradeoff_point(method, recipe.params, scores.average("speech"), scores.average("music"))
+            session = self._with_point(session, method, recipe.inputs, point, self._reference_ends(method, recipe.inputs))
             if progress:
                 progress((step + 1) / len(settings), f"{method} {setting}")
         return session
-
-    def reference_scores(self, session: LabSession) -> dict[str, dict[str, float]]:
-        """Accuracy per task of the merged encoder between its two non-base inputs, by role ("merged" between)."""
-        merged = session.merged
-        if merged is None:
-            return {}
-        first, second = [(role, key) for role, key in merged.sources.items() if role != "base"]
-        return {first[0]: self.reference(first[1])[1].accuracy, "merged": merged.scores.accuracy,
-                second[0]: self.reference(second[1])[1].accuracy}
 
     # probing a clip
 
@@ -355,7 +364,7 @@ class Lab(Teaching):
                 if key is None and merged is None:
                     predictions[role] = None
                     continue
-                probes = merged.probes if key is None else self.reference(key)[0]
+                probes = self.fitted(merged.recipe)[0] if key is None else self.reference(key)[0]
                 with (self.loaded(merged.recipe) if key is None else self._running(key)) as running:
                     predictions[role] = suite.predict(running, clip, suite.sample_rate, probes=probes)
         return ClipReport((first, second), tuple(task.name for task in suite.tasks), predictions, info["name"],
@@ -375,7 +384,7 @@ class Lab(Teaching):
         aligns = get_method(recipe.method).aligns
         record = merge_record(recipe.method, encoders, recipe.params, {aligns: recipe.alignment} if aligns else None,
                               allow_rate_mismatch=recipe.allow_rate_mismatch)
-        record["probe_scores"] = merged.stage or {"note": self.bench.describe(), **merged.scores.as_row()}
+        record["probe_scores"] = merged.stage or {"note": self.bench.describe(), **self.fitted(recipe)[1].as_row()}
         folder = self.exports.new()
         name = f"merged-{recipe.method}"
         try:

@@ -74,6 +74,11 @@ class LiveScoring:
                 return
             yield item
 
+    def input_averages(self, recipe: MergeRecipe) -> tuple[dict, dict]:
+        """The two inputs' full-suite {"speech_avg", "music_avg"}: the ends of the merge's trade-off curve."""
+        first, second = (domain_averages(self.parent(key).full, self.live.domains) for key in inputs_of(recipe))
+        return first, second
+
     def warm(self, sources: dict[str, str]) -> None:
         """The speech and music encoders' full-suite scores, then their trade-off curves (errors are left for
         the page to report when someone asks)."""
@@ -117,9 +122,14 @@ def inputs_of(recipe: MergeRecipe) -> tuple[str, str]:
     return keys[0], keys[1]
 
 
-def _point(alpha: float, accuracy, domains) -> dict:
+def domain_averages(accuracy, domains) -> dict[str, float]:
+    """{"speech_avg", "music_avg"}: the mean accuracy of each domain's tasks."""
     def average(domain):
         values = [accuracy[t] for t in domains if domains[t] == domain]
         return sum(values) / len(values)
 
-    return {"alpha": alpha, "speech_avg": average("speech"), "music_avg": average("music")}
+    return {"speech_avg": average("speech"), "music_avg": average("music")}
+
+
+def _point(alpha: float, accuracy, domains) -> dict:
+    return {"alpha": alpha, **domain_averages(accuracy, domains)}

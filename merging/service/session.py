@@ -8,7 +8,6 @@ from dataclasses import dataclass, field, replace
 import torch
 
 from ..align import Alignment
-from ..probes import LinearProbe, ProbeScores
 from .controls import ALPHA_METHODS
 
 
@@ -36,11 +35,11 @@ class MergeRecipe:
 
 @dataclass(frozen=True)
 class MergeResult:
+    """A merge a session made: its recipe, how long writing its weights took and where, and the latest live stage
+    the page showed of its scores (the scores themselves are computed by the live stages, not at merge time)."""
+
     recipe: MergeRecipe
-    probes: dict[str, LinearProbe]
-    scores: ProbeScores
     merge_seconds: float
-    score_seconds: float
     device: str
     stage: dict | None = None  # the latest live stage the page showed (scores, intervals, clip counts)
 
@@ -56,8 +55,10 @@ class MergeResult:
     def sources(self) -> dict[str, str]:
         return self.recipe.inputs
 
-    def point(self) -> dict:
-        return tradeoff_point(self.method, self.params, self.scores)
+    @property
+    def position(self) -> float:
+        """Where it sits between its two inputs (0: the first): α, or the music λ's share."""
+        return tradeoff_position(self.method, self.params)[0]
 
 
 @dataclass(frozen=True)
@@ -74,16 +75,19 @@ class LabSession:
         return {method: sorted(points, key=lambda p: p["alpha"]) for method, (_, points) in self.curves.items()}
 
 
-def tradeoff_point(method: str, params: dict, scores: ProbeScores) -> dict:
-    """A merge on the speech/music trade-off plane: x is α (or λ music's share), with a short label."""
+def tradeoff_position(method: str, params: dict) -> tuple[float, str]:
+    """A merge's x on the speech/music trade-off plane (α, or λ music's share) and its short label."""
     if method in ALPHA_METHODS:
-        x, label = params["alpha"], f"α={params['alpha']:g}"
-        if params.get("layer_alphas"):
-            label += " (per layer)"
-    else:
-        ls, lm = params["lambda_speech"], params["lambda_music"]
-        x, label = lm / (ls + lm) if ls + lm else 0.5, f"λ={ls:g}/{lm:g}"
-    return {"alpha": x, "label": label, "speech_avg": scores.average("speech"), "music_avg": scores.average("music")}
+        label = f"α={params['alpha']:g}" + (" (per layer)" if params.get("layer_alphas") else "")
+        return params["alpha"], label
+    ls, lm = params["lambda_speech"], params["lambda_music"]
+    return (lm / (ls + lm) if ls + lm else 0.5), f"λ={ls:g}/{lm:g}"
+
+
+def tradeoff_point(method: str, params: dict, speech_avg: float, music_avg: float) -> dict:
+    """A merge on the speech/music trade-off plane, with its speech and music probe averages."""
+    x, label = tradeoff_position(method, params)
+    return {"alpha": x, "label": label, "speech_avg": speech_avg, "music_avg": music_avg}
 
 
 @dataclass(frozen=True)

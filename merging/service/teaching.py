@@ -83,7 +83,7 @@ class Teaching:
             if key is None and merged is None:
                 yield role, None, None
                 continue
-            probes = merged.probes if key is None else self.reference(key)[0]
+            probes = self.fitted(merged.recipe)[0] if key is None else self.reference(key)[0]
             with (self.loaded(merged.recipe) if key is None else self._running(key)) as running:
                 yield role, running, probes
 
