@@ -15,7 +15,7 @@ from typing import Protocol
 import torch
 
 from .registry import (METHODS, MergeMethod, Param, all_params, get_method, merge, method_arguments,  # noqa: F401
-                       register, shared_range)
+                       register, shared_range, writes_into)
 from .state import MergeError, StateDict, check_finite, check_same_keys
 
 # ---- parameters, declared once -----------------------------------------------------------------
@@ -146,6 +146,7 @@ def linear(speech: StateDict, music: StateDict, *, alpha: float, layer_alphas: S
     return _lerp_states(speech, music, weights, labels)
 
 
+@writes_into("linear")
 def linear_into(
     out: StateDict, speech: StateDict, music: StateDict, *, alpha: float, layer_alphas: Sequence[float] | None = None,
     inputs_finite: bool = False,
@@ -452,6 +453,7 @@ def speech_ft(pretrained: StateDict, finetuned: StateDict, *, alpha: float) -> S
 
 # ---- into preallocated weights -------------------------------------------------------------------
 
+@writes_into("permute")
 def permute_into(out: StateDict, speech: StateDict, music: StateDict, *, alignment: Aligner, alpha: float,
                  layer_alphas: Sequence[float] | None = None, inputs_finite: bool = False) -> StateDict:
     """`permute` written into `out` (see `linear_into`). A caller that keeps the re-ordered music weights
@@ -460,11 +462,9 @@ def permute_into(out: StateDict, speech: StateDict, music: StateDict, *, alignme
                        inputs_finite=inputs_finite)
 
 
+@writes_into("speech_ft")
 def speech_ft_into(out: StateDict, pretrained: StateDict, finetuned: StateDict, *, alpha: float,
                    inputs_finite: bool = False) -> StateDict:
     """`speech_ft` written into `out` (see `linear_into`)."""
     return _lerp_into(out, pretrained, finetuned, FT_ALPHA.check(alpha), None, ("pretrained", "finetuned"), inputs_finite)
 
-
-# The methods that can write into preallocated weights (a reusable model's parameters), by name.
-INTO: dict[str, Callable[..., StateDict]] = {"linear": linear_into, "permute": permute_into, "speech_ft": speech_ft_into}

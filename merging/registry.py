@@ -9,7 +9,7 @@ import inspect
 import math
 import operator
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TypeVar
 
 from .state import MergeError, StateDict
@@ -118,6 +118,7 @@ class MergeMethod:
     description: str
     paper: str = ""  # where the method comes from
     aligns: str | None = None  # the input whose Alignment (into the first input's basis) the method takes
+    into: Callable[..., StateDict] | None = None  # the same merge written into preallocated weights (`writes_into`)
 
     @property
     def parameters(self) -> tuple[str, ...]:
@@ -188,6 +189,17 @@ def register(name: str, description: str, *, params: tuple[Param, ...] = (), pap
             return method(*states, **kwargs)
 
         return checked
+
+    return add
+
+
+def writes_into(name: str) -> Callable[[Fn], Fn]:
+    """Decorator giving the registered method `name` a variant that writes its merge into preallocated weights
+    (a reusable model's parameters): `fn(out, *inputs, **arguments, inputs_finite=False)` returns `out`."""
+
+    def add(fn: Fn) -> Fn:
+        METHODS[name] = replace(get_method(name), into=fn)
+        return fn
 
     return add
 

@@ -119,6 +119,19 @@ def test_dtype_of_the_first_input_is_kept_and_integer_tensors_are_copied_from_it
     assert torch.equal(into["count"], first["count"]) and into["w"].dtype == torch.float16
 
 
+def test_every_method_written_into_buffers_equals_its_pure_merge(models):
+    written = [name for name, method in METHODS.items() if method.into is not None]
+    assert {"linear", "permute", "speech_ft"} <= set(written)
+    for name in written:
+        method, inputs = METHODS[name], roles_for(name, models)
+        params = {**required(name), "alpha": 0.3}
+        out = {k: torch.full_like(v, float("nan")) if v.is_floating_point() else torch.zeros_like(v)
+               for k, v in inputs[method.inputs[0]].items()}
+        result = method.into(out, *(inputs[r] for r in method.inputs), **method.arguments(params))
+        assert result is out, name
+        assert_close(out, merge(name, inputs, **params), rtol=1e-6, atol=1e-6)
+
+
 def test_permute_interpolates_toward_the_aligned_music_weights(models):
     from merging.spec import hubert_spec, random_permutations, apply_permutations
 

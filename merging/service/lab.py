@@ -22,7 +22,6 @@ from ..align import PAPER_COMPONENTS, Alignment, Progress
 from ..audio import load_audio
 from ..checkpoint import save_encoder, zip_encoder_dir
 from ..encoders import Encoder, check_compatible, encoder_from_state
-from ..methods import INTO
 from ..pipeline import align, check_sample_rates, merge_record
 from ..probes import LinearProbe, ProbeScores, builtin_suite
 from ..registry import get_method, merge as run_method
@@ -300,9 +299,9 @@ class Lab(Teaching):
             role = method.aligns
             params["alignment"] = Reordered(self.kept.reordered(device, recipe.inputs[role], encoders[role],
                                                                 recipe.alignment_key, recipe.alignment))
-        if recipe.method in INTO:  # the registry's encoders were checked finite when loaded
-            INTO[recipe.method](out, *(states[role] for role in method.inputs), **method.arguments(params),
-                                inputs_finite=True)
+        if method.into is not None:  # the registry's encoders were checked finite when loaded
+            method.into(out, *(states[role] for role in method.inputs), **method.arguments(params),
+                        inputs_finite=True)
         else:
             copying(run_method(recipe.method, states, **params))(out)
 
