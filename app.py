@@ -174,6 +174,8 @@ def build_app(lab: Lab, scoring: LiveScoring | None = None) -> gr.Blocks:
         progress(0, desc="loading calibration clips")
         session = lab.align(session, speech, music, components=components or (), absolute=not signed,
                             progress=lambda fraction, message: progress(fraction, desc=message))
+        if lab.device == "cpu":  # the pair's first release needs both inputs' full-suite scores: start them now
+            scoring.prefetch(speech, music)  # (not on ZeroGPU, where a background thread cannot use the GPU)
         alignment = lab.alignment_view(session)
         groups = list(alignment.groups)
         clips, source = lab.calibration()

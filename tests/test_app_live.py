@@ -67,3 +67,19 @@ def test_a_newer_merge_of_the_same_person_stops_the_running_refinement(app_serve
     next(elsewhere)  # another person's merge stops nobody's
     assert list(older) == []
     assert [scores.stage for _, scores in newer if scores is not None][-1] == "full"
+
+
+def test_the_inputs_full_suite_scores_can_start_before_the_first_release(app_server):
+    from merging.service.live_scores import LiveScoring
+
+    _, lab = app_server
+    scoring = LiveScoring(lab)
+    speech, music = lab.default_sources()["speech"], lab.default_sources()["music"]
+    started = scoring.prefetch(speech, music)
+    assert len(started) == 2 and scoring.prefetch(music, speech) == []  # once per encoder
+    for thread in started:
+        thread.join(timeout=600)
+    checksum = lab.registry.checksum(speech)
+    assert checksum in scoring.live._parents and lab.registry.checksum(music) in scoring.live._parents
+    assert scoring.parent(speech) is scoring.live._parents[checksum]  # the release finds them ready
+    assert scoring.prefetch("no-such-encoder")[0].join(timeout=60) is None  # a bad key fails quietly there

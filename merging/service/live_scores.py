@@ -29,6 +29,7 @@ class LiveScoring:
         self._owners = owners
         self._curves: dict[tuple[str, str], dict[str, list[dict]]] = {}
         self._lock = threading.Lock()
+        self._prefetched: dict[str, threading.Thread] = {}
 
     @property
     def live(self) -> LiveProbes:
@@ -41,6 +42,26 @@ class LiveScoring:
         """An input encoder's full-suite scores (computed once per encoder)."""
         with self.lab._computing(), self.lab._running(key) as running:
             return self.live.parent(running, key=self.lab.registry.checksum(key))
+
+    def prefetch(self, *keys: str) -> list[threading.Thread]:
+        """Start the encoders' full-suite scores in the background (once per encoder), e.g. right after a pair is
+        aligned, so that the pair's first slider release does not start them; errors are left for that release."""
+        started = []
+        with self._lock:
+            for key in keys:
+                if key not in self._prefetched:
+                    thread = threading.Thread(target=self._quietly, args=(key,), daemon=True, name=f"scores of {key}")
+                    self._prefetched[key] = thread
+                    started.append(thread)
+        for thread in started:
+            thread.start()
+        return started
+
+    def _quietly(self, key: str) -> None:
+        try:
+            self.parent(key)
+        except MergeError:
+            pass
 
     def _claim(self, owner: str) -> int:
         with self._lock:
