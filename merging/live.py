@@ -276,15 +276,25 @@ class LiveProbes:
         self.fit_seconds[per_class] = time.perf_counter() - start
         return results
 
-    def parent(self, encoder, key: str | None = None) -> Parent:
+    def parent(self, encoder, key: str | None = None, *, chunk: int = 256,
+               hold: Callable[[], AbstractContextManager] | None = None) -> Parent:
         """An input encoder's full-suite features and scores (cached by its weights); measures the cost of a
-        clip's features on this device."""
+        clip's features on this device. `hold()`, when given, is entered around each `chunk` clips' features and
+        around the scoring, and yields the encoder (as in `steps`); `encoder` may then be None if `key` is given."""
         key = key or state_checksum(encoder.state_dict())
         if key not in self._parents:
-            start = time.perf_counter()
-            rows = ClipFeatures(self.suite, encoder).get(range(len(self.suite.clips)))
-            self.clip_seconds = (time.perf_counter() - start) / len(self.suite.clips)
-            self._parents[key] = Parent(rows, self._score(full_subset(self.suite), lambda idx: rows[list(idx)], 0))
+            hold = hold or (lambda: nullcontext(encoder))
+            features, total, busy = ClipFeatures(self.suite, encoder), len(self.suite.clips), 0.0
+            for at in range(0, total, chunk):
+                with hold() as running:
+                    start = time.perf_counter()
+                    features.encoder = running
+                    features.get(range(at, min(at + chunk, total)))
+                    busy += time.perf_counter() - start
+            self.clip_seconds = busy / total
+            rows = features.get(range(total))
+            with hold():
+                self._parents[key] = Parent(rows, self._score(full_subset(self.suite), lambda idx: rows[list(idx)], 0))
             while len(self._parents) > self._cache_size:
                 self._parents.pop(next(iter(self._parents)))
         return self._parents[key]

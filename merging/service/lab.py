@@ -34,6 +34,7 @@ from .pool import ModelPool, copying, torch_threads, weights_of
 from .probing import ProbeBench
 from .registry import EncoderRegistry
 from .teaching import Teaching
+from .turns import Turns
 from .session import ClipReport, LabSession, MergeRecipe, MergeResult, permutations_only, tradeoff_point
 from .weights import KeptWeights, Reordered
 
@@ -63,16 +64,18 @@ class Lab(Teaching):
         self._calibration: tuple[list[np.ndarray], str] | None = None
         self._alignments: OrderedDict[tuple, Alignment] = OrderedDict()
         self._references: dict[str, tuple[dict[str, LinearProbe], ProbeScores]] = {}
-        self._lock = threading.RLock()
+        self._lock = threading.RLock()  # the lab's caches
+        self.turns = Turns()  # its computations
 
     def keep_exports_in(self, parent: Path) -> None:
         """Write the exports under `parent` from now on (the app's file cache: served from there, not copied)."""
         self.exports = ExportFolder(keep=8, parent=parent, max_bytes=self.config.max_disk_bytes // 2)
 
     @contextmanager
-    def _computing(self) -> Iterator[None]:
-        """One computation at a time (2 cores gain nothing from more), with the configured thread count."""
-        with self._lock, torch_threads(self.config.threads):
+    def _computing(self, background: bool = False) -> Iterator[None]:
+        """One computation at a time (2 cores gain nothing from more), with the configured thread count; a
+        `background` step waits while a person's request waits (`Turns`)."""
+        with (self.turns.background() if background else self.turns.foreground()), torch_threads(self.config.threads):
             yield
 
     @property

@@ -7,6 +7,7 @@ import threading
 from collections import OrderedDict
 from collections.abc import Iterator
 from contextlib import contextmanager
+from functools import partial
 
 from ..live import LiveProbes, LiveScores, Parent
 from ..probes import builtin_suite
@@ -30,6 +31,8 @@ class LiveScoring:
         self._curves: dict[tuple[str, str], dict[str, list[dict]]] = {}
         self._lock = threading.Lock()
         self._prefetched: dict[str, threading.Thread] = {}
+        self._parent_guards: dict[str, threading.Lock] = {}
+        self._wanted: dict[str, int] = {}  # people's requests waiting for an encoder's scores
 
     @property
     def live(self) -> LiveProbes:
@@ -38,10 +41,27 @@ class LiveScoring:
                 self._live = LiveProbes(builtin_suite(), budget_seconds=self.budget_seconds)
             return self._live
 
-    def parent(self, key: str) -> Parent:
-        """An input encoder's full-suite scores (computed once per encoder)."""
-        with self.lab._computing(), self.lab._running(key) as running:
-            return self.live.parent(running, key=self.lab.registry.checksum(key))
+    def parent(self, key: str, background: bool = False) -> Parent:
+        """An input encoder's full-suite scores (computed once per encoder, a chunk of clips per turn). In the
+        `background` its turns give way to people's requests, unless a person's request is waiting for it."""
+        checksum = self.lab.registry.checksum(key)
+        with self._lock:
+            guard = self._parent_guards.setdefault(checksum, threading.Lock())
+            if not background:
+                self._wanted[checksum] = self._wanted.get(checksum, 0) + 1
+        try:
+            with guard:  # one computation per encoder; a second caller finds it done
+                @contextmanager
+                def hold():
+                    quiet = background and not self._wanted.get(checksum)
+                    with self.lab._computing(background=quiet), self.lab._running(key) as running:
+                        yield running
+
+                return self.live.parent(None, key=checksum, hold=hold)
+        finally:
+            if not background:
+                with self._lock:
+                    self._wanted[checksum] -= 1
 
     def prefetch(self, *keys: str) -> list[threading.Thread]:
         """Start the encoders' full-suite scores in the background (once per encoder), e.g. right after a pair is
@@ -59,7 +79,7 @@ class LiveScoring:
 
     def _quietly(self, key: str) -> None:
         try:
-            self.parent(key)
+            self.parent(key, background=True)
         except MergeError:
             pass
 
@@ -83,9 +103,11 @@ class LiveScoring:
         with self.lab._computing():
             plan = self.live.prepare(*parents)
 
+        answered = False
+
         @contextmanager
-        def hold():
-            with self.lab._computing(), self.lab.loaded(recipe) as merged:
+        def hold():  # once the first answer is out, the refinement gives way to people's requests
+            with self.lab._computing(background=answered), self.lab.loaded(recipe) as merged:
                 yield merged
 
         steps = self.live.steps(None, *parents, position, plan=plan, hold=hold)
@@ -93,6 +115,7 @@ class LiveScoring:
             item = next(steps, None)
             if item is None:
                 return
+            answered = answered or item[1] is not None
             yield item
 
     def input_averages(self, recipe: MergeRecipe) -> tuple[dict, dict]:
@@ -104,11 +127,16 @@ class LiveScoring:
         """The speech and music encoders' full-suite scores, then their trade-off curves (errors are left for
         the page to report when someone asks)."""
         try:
-            self.parent(sources["speech"])
-            self.parent(sources["music"])
+            self.parent(sources["speech"], background=True)
+            self.parent(sources["music"], background=True)
             self.fill_curves(sources["speech"], sources["music"])
         except MergeError:
             pass
+
+    @contextmanager
+    def _in_background(self, recipe: MergeRecipe) -> Iterator:
+        with self.lab._computing(background=True), self.lab.loaded(recipe) as merged:
+            yield merged
 
     def curves(self, speech_key: str, music_key: str) -> dict[str, list[dict]] | None:
         """The full-suite trade-off curves of this pair, or None until `fill_curves` has computed them."""
@@ -120,14 +148,14 @@ class LiveScoring:
         if (speech_key, music_key) in self._curves:
             return self._curves[(speech_key, music_key)]
         session = self.lab.align(LabSession(), speech_key, music_key)
-        ends = [(0.0, self.parent(speech_key)), (1.0, self.parent(music_key))]
+        ends = [(0.0, self.parent(speech_key, background=True)), (1.0, self.parent(music_key, background=True))]
         curves = {}
         for method in CURVE_METHODS:
             points = [_point(alpha, parent.full, self.live.domains) for alpha, parent in ends[:1]]
             for alpha in CURVE_ALPHAS:
                 recipe = self.lab.recipe(session, {"speech": speech_key, "music": music_key}, method, alpha=alpha)
-                with self.lab._computing(), self.lab.loaded(recipe) as merged:
-                    full = next(self.live.stages(merged, *(p for _, p in ends), alpha, plan=[0]))
+                hold = partial(self._in_background, recipe)
+                *_, (_, full) = self.live.steps(None, *(p for _, p in ends), alpha, plan=[0], hold=hold)
                 points.append(_point(alpha, full.accuracy, self.live.domains))
             points.append(_point(1.0, ends[1][1].full, self.live.domains))
             curves[method] = points
