@@ -254,17 +254,18 @@ class LiveProbes:
             self._subsets[per_class] = stratified_subset(self.suite, per_class, self.seed, within)
         return self._subsets[per_class]
 
-    def plan(self) -> list[int]:
+    def plan(self, budget_seconds: float | None = None) -> list[int]:
         """Clips per class of each stage, 0 (the full suite) last: the quick stage is the largest ladder step
-        whose estimated cost fits the budget (the full suite at once when it fits), then one step about four
-        times its clips, then the full suite."""
+        whose estimated cost fits the budget (`budget_seconds`, default the probes' own; the full suite at once
+        when it fits), then one step about four times its clips, then the full suite."""
+        budget = self.budget_seconds if budget_seconds is None else budget_seconds
         if self.clip_seconds is None:
             return [self.ladder[0], 0]
         cost = {k: len(self.subset(k).clips()) * self.clip_seconds + self.fit_seconds.get(k, 0.0) for k in self.ladder}
         full_cost = len(self.suite.clips) * self.clip_seconds + self.fit_seconds.get(0, 0.0)
-        if full_cost <= self.budget_seconds:
+        if full_cost <= budget:
             return [0]
-        fitting = [k for k in self.ladder if cost[k] <= self.budget_seconds] or [self.ladder[0]]
+        fitting = [k for k in self.ladder if cost[k] <= budget] or [self.ladder[0]]
         quick = fitting[-1]
         later = [k for k in self.ladder if len(self.subset(k).clips()) >= 3 * len(self.subset(quick).clips())]
         return [quick, *later[:1], 0]

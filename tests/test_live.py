@@ -148,6 +148,7 @@ def test_the_plan_fits_the_quick_stage_to_the_budget_and_answers_with_the_full_s
     sizes = {k: len(live.subset(k).clips()) for k in (1, 2, 4)}
     live.clip_seconds = 1.0 / (sizes[2] + 1)
     assert live.plan()[0] == 2 and live.plan()[-1] == 0
+    assert live.plan(budget_seconds=0.5)[0] == 1  # a budget shared with others' waiting requests
     live.clip_seconds = 1.0 / (sizes[1] + 1)
     assert live.plan()[0] == 1
     live.clip_seconds = 1.0 / (len(suite.clips) + 1)

@@ -100,8 +100,9 @@ class LiveScoring:
         token = self._claim(owner)
         first, second = inputs_of(recipe)
         parents = self.parent(first), self.parent(second)
+        crowd = self.lab.turns.people  # others' requests waiting: the first answer shares its budget with them
         with self.lab._computing():
-            plan = self.live.prepare(*parents)
+            plan = self.live.prepare(*parents, plan=self.live.plan(self.budget_seconds / (1 + crowd)))
 
         answered = False
 

@@ -18,6 +18,11 @@ class Turns:
         self._calm = threading.Condition()
         self._people = 0  # foreground holders waiting or running
 
+    @property
+    def people(self) -> int:
+        """People's requests waiting for a turn or running one."""
+        return self._people
+
     @contextmanager
     def foreground(self) -> Iterator[None]:
         with self._calm:
