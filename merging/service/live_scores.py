@@ -16,6 +16,7 @@ from .session import LabSession, MergeRecipe
 
 CURVE_ALPHAS = (0.1, 0.25, 0.5, 0.75, 0.9)
 CURVE_METHODS = ("linear", "permute")
+STEP_CLIPS = 64  # clips' features per turn of a long computation: a person's request waits at most one such turn
 
 
 class LiveScoring:
@@ -57,7 +58,7 @@ class LiveScoring:
                     with self.lab._computing(background=quiet), self.lab._running(key) as running:
                         yield running
 
-                return self.live.parent(None, key=checksum, hold=hold)
+                return self.live.parent(None, key=checksum, hold=hold, chunk=STEP_CLIPS)
         finally:
             if not background:
                 with self._lock:
@@ -111,7 +112,7 @@ class LiveScoring:
             with self.lab._computing(background=answered), self.lab.loaded(recipe) as merged:
                 yield merged
 
-        steps = self.live.steps(None, *parents, position, plan=plan, hold=hold)
+        steps = self.live.steps(None, *parents, position, plan=plan, hold=hold, chunk=STEP_CLIPS)
         while not self.superseded(owner, token):
             item = next(steps, None)
             if item is None:
@@ -156,7 +157,7 @@ class LiveScoring:
             for alpha in CURVE_ALPHAS:
                 recipe = self.lab.recipe(session, {"speech": speech_key, "music": music_key}, method, alpha=alpha)
                 hold = partial(self._in_background, recipe)
-                *_, (_, full) = self.live.steps(None, *(p for _, p in ends), alpha, plan=[0], hold=hold)
+                *_, (_, full) = self.live.steps(None, *(p for _, p in ends), alpha, plan=[0], hold=hold, chunk=STEP_CLIPS)
                 points.append(_point(alpha, full.accuracy, self.live.domains))
             points.append(_point(1.0, ends[1][1].full, self.live.domains))
             curves[method] = points
