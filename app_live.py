@@ -59,13 +59,14 @@ def stream(scoring: LiveScoring, session, sources: dict, owner: str, merge_statu
     """(session, status, bars, curve, summary) per stage of the session's merge, until the full suite or a newer
     merge; `place(session, stage summary, the inputs' averages)` records each stage in the session (the Lab's
     `with_stage`)."""
-    merged = session.merged
+    merged, ends = session.merged, None
     for fraction, scores in scoring.stream(merged.recipe, merged.position, owner):
         if scores is None:
             continue
         probes = f"{scores.stage}: {scores.clips} clips" + ("" if scores.stage == "full" else ", corrected by both inputs")
         summary = {**summary, **scores.summary(), "probes": probes}
-        session = place(session, summary, scoring.input_averages(merged.recipe))
+        ends = ends or scoring.input_averages(merged.recipe)  # the inputs' scores are ready once a stage is
+        session = place(session, summary, ends)
         values, intervals, counts = bar_data(scoring, session, scores)
         status = f"{merge_status}  \n{stage_status(scores, fraction < 1.0)}"
         yield session, status, bars(values, intervals, counts), curve(scoring, session, sources, scores), summary

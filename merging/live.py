@@ -281,7 +281,8 @@ class LiveProbes:
                hold: Callable[[], AbstractContextManager] | None = None) -> Parent:
         """An input encoder's full-suite features and scores (cached by its weights); measures the cost of a
         clip's features on this device. `hold()`, when given, is entered around each `chunk` clips' features and
-        around the scoring, and yields the encoder (as in `steps`); `encoder` may then be None if `key` is given."""
+        yields the encoder (as in `steps`, whose probe fits also run outside it); `encoder` may then be None if `key`
+        is given."""
         key = key or state_checksum(encoder.state_dict())
         if key not in self._parents:
             hold = hold or (lambda: nullcontext(encoder))
@@ -294,8 +295,7 @@ class LiveProbes:
                     busy += time.perf_counter() - start
             self.clip_seconds = busy / total
             rows = features.get(range(total))
-            with hold():
-                self._parents[key] = Parent(rows, self._score(full_subset(self.suite), lambda idx: rows[list(idx)], 0))
+            self._parents[key] = Parent(rows, self._score(full_subset(self.suite), lambda idx: rows[list(idx)], 0))
             while len(self._parents) > self._cache_size:
                 self._parents.pop(next(iter(self._parents)))
         return self._parents[key]

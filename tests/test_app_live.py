@@ -69,7 +69,9 @@ def test_a_newer_merge_of_the_same_person_stops_the_running_refinement(app_serve
     assert [scores.stage for _, scores in newer if scores is not None][-1] == "full"
 
 
-def test_the_inputs_full_suite_scores_can_start_before_the_first_release(app_server):
+def test_the_inputs_full_suite_scores_can_start_before_the_first_release(app_server, monkeypatch):
+    import threading
+
     from merging.service.live_scores import LiveScoring
 
     _, lab = app_server
@@ -82,4 +84,8 @@ def test_the_inputs_full_suite_scores_can_start_before_the_first_release(app_ser
     checksum = lab.registry.checksum(speech)
     assert checksum in scoring.live._parents and lab.registry.checksum(music) in scoring.live._parents
     assert scoring.parent(speech) is scoring.live._parents[checksum]  # the release finds them ready
-    assert scoring.prefetch("no-such-encoder")[0].join(timeout=60) is None  # a bad key fails quietly there
+    uncaught = []
+    monkeypatch.setattr(threading, "excepthook", uncaught.append)
+    bad = scoring.prefetch("no-such-encoder")[0]
+    bad.join(timeout=60)
+    assert not bad.is_alive() and uncaught == []  # a bad key fails quietly there, for its release to report

@@ -248,15 +248,14 @@ class Lab(Teaching):
             raise MergeError(f"{method} needs the alignment of these two encoders: run the alignment first (step 2)")
         return MergeRecipe(method, params, inputs, session.alignment, session.alignment_key, bool(allow_rate_mismatch))
 
-    def merge(self, session: LabSession, sources: Mapping[str, str | None], method: str, *, record: bool = True,
-              **controls) -> LabSession:
+    def merge(self, session: LabSession, sources: Mapping[str, str | None], method: str, **controls) -> LabSession:
         """Merge with the chosen encoders (controls: alpha, lambda_speech, lambda_music, layer_alphas,
         allow_rate_mismatch); the session keeps the recipe. Its scores come from the live stages
         (`LiveScoring.stream`), which report back through `with_stage`."""
         recipe = self.recipe(session, sources, method, **controls)
         with self._computing():
             result = self.run(recipe)
-        return replace(session, merged=result) if record else session
+        return replace(session, merged=result)
 
     def with_stage(self, session: LabSession, stage: dict, ends: tuple[dict, dict] | None = None) -> LabSession:
         """The session with its merge's latest live stage (which an export then records) and that merge's point on
@@ -265,10 +264,8 @@ class Lab(Teaching):
         merged = session.merged
         session = replace(session, merged=replace(merged, stage=dict(stage)))
         point = tradeoff_point(merged.method, merged.params, stage["speech_avg"], stage["music_avg"])
-        ends_points = None
-        if ends is not None and merged.method in ALPHA_METHODS:
-            ends_points = tuple({"alpha": a, "label": f"α={a:g}", **end} for a, end in zip((0.0, 1.0), ends))
-        return self._with_point(session, merged.method, merged.sources, point, ends_points)
+        return self._with_point(session, merged.method, merged.sources, point,
+                                end_points(merged.method, ends) if ends else None)
 
     def run(self, recipe: MergeRecipe) -> MergeResult:
         """The merge path: the recipe's weights written into the pooled model. Callers hold `_computing()`."""
@@ -320,13 +317,11 @@ class Lab(Teaching):
         return replace(session, curves={**session.curves, method: (sources, points)})
 
     def _reference_ends(self, method: str, inputs: dict[str, str]) -> tuple[dict, ...] | None:
-        """For α methods, α=0 is the first input and α=1 the second (functionally, for permute): the live probe
-        set's scores of each."""
+        """The curve's ends on the live probe set's scores of the two inputs (see `end_points`)."""
         if method not in ALPHA_METHODS:
             return None
-        first, second = list(inputs.values())
-        return tuple(tradeoff_point(method, {"alpha": a}, scores.average("speech"), scores.average("music"))
-                     for a, scores in ((0.0, self.reference(first)[1]), (1.0, self.reference(second)[1])))
+        scores = [self.reference(key)[1] for key in inputs.values()]
+        return end_points(method, tuple({"speech_avg": s.average("speech"), "music_avg": s.average("music")} for s in scores))
 
     def sweep(self, session: LabSession, sources: Mapping[str, str | None], method: str, *,
               allow_rate_mismatch: bool = False, progress: Progress | None = None) -> LabSession:
@@ -400,6 +395,14 @@ class Lab(Teaching):
         shutil.rmtree(saved, ignore_errors=True)
         self.exports.prune()
         return archive
+
+
+def end_points(method: str, ends: tuple[dict, dict]) -> tuple[dict, ...] | None:
+    """For α methods, α=0 is the first input and α=1 the second (functionally, for permute): their points from the
+    two inputs' {"speech_avg", "music_avg"}; None for other methods."""
+    if method not in ALPHA_METHODS:
+        return None
+    return tuple(tradeoff_point(method, {"alpha": a}, **end) for a, end in zip((0.0, 1.0), ends))
 
 
 def _differs(a: Encoder, b: Encoder) -> bool:
