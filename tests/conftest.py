@@ -66,11 +66,14 @@ def app_server(lab_models):
     """The app on a loopback port, serving the tiny encoders with a small live probe set; yields (url, lab)."""
     import app
     from merging.lab import Lab, LabConfig
+    from merging.service.live_scores import LiveScoring
 
     lab = Lab(LabConfig(models_dir=lab_models, live_train=16, live_test=8, calibration_limit=32, fit_iterations=20,
                         max_upload_bytes=UPLOAD_LIMIT))
     port = free_port()
-    demo = app.launch(lab, server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
+    # a quick stage's budget below the tiny encoders' full suite (about 2 s here), so that a merge is staged on any machine
+    scoring = LiveScoring(lab, budget_seconds=0.25)
+    demo = app.launch(lab, scoring, server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
     try:
         yield f"http://127.0.0.1:{port}/", lab
     finally:
