@@ -18,7 +18,7 @@ from scipy.optimize import linear_sum_assignment
 
 from .features import Tap, activation_taps, encoder_input, equal_length_batches, run_tapped
 from .spec import COMPONENTS, PermGroup, PermutationSpec, apply_permutations, blocked_permutation
-from .state import MergeError, StateDict
+from .state import MergeError, StateDict, quoted
 
 Progress = Callable[[float, str], None]
 PAPER_COMPONENTS = ("cnn", "ffn", "attn")  # what arXiv 2506.11403 permuted (its best ablation)
@@ -64,6 +64,12 @@ class Alignment:
     @property
     def perms(self) -> dict[str, torch.Tensor]:
         return {name: group.perm for name, group in self.groups.items()}
+
+    def group(self, name: object) -> GroupAlignment:
+        """The named group; MergeError (naming it briefly) when the alignment has none of that name."""
+        if not isinstance(name, str) or name not in self.groups:
+            raise MergeError(f"no group {quoted(name)} in this alignment")
+        return self.groups[name]
 
     def apply(self, music: StateDict) -> StateDict:
         """The music state dict moved into the speech encoder's basis (an exact re-ordering)."""

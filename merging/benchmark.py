@@ -7,26 +7,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
-from transformers import HubertModel
-
 from .align import PAPER_COMPONENTS
-from .encoders import Encoder, encoder_from_state, load_encoder
+from .catalogue import MODEL_NAMES, MODELS_DIR
+from .encoders import Encoder, load_encoder, random_init
 from .methods import METHODS
-from .pipeline import align, merge_encoders
+from .pipeline import align, merged_encoder
 from .probes import ProbeScores, ProbeSuite
 from .stats import RESAMPLES, difference_interval
-
-MODELS_DIR = Path(__file__).resolve().parent.parent / "assets" / "models"
-MODEL_NAMES = {
-    "speech": "tiny-hubert-speech",
-    "music": "tiny-mert-music",
-    "student_base": "tiny-base",
-    "student_speech": "tiny-student-speech",
-    "student_music": "tiny-student-music",
-    "student_multi": "tiny-student-multi",
-    "speech_ft": "tiny-hubert-speech-ft",
-}
+from .tradeoff import ALPHA_GRID, LAMBDA_GRID
 
 
 INTERVAL_FIELDS = {"avg_ci": None, "speech_avg_ci": "speech", "music_avg_ci": "music"}
@@ -64,23 +52,7 @@ def find_models(locations: Sequence[str | Path] = (MODELS_DIR,)) -> dict[str, Pa
     return found
 
 
-def random_init(like: Encoder, seed: int = 0) -> Encoder:
-    torch.manual_seed(seed)
-    model = HubertModel(like.config).eval()
-    return Encoder(model=model, sample_rate=like.sample_rate, normalize=like.normalize, name="random init", source=f"seed {seed}")
-
-
-def _merged(method: str, encoders: dict[str, Encoder], alignments=None, **params) -> Encoder:
-    first = encoders[next(iter(encoders))]
-    state = merge_encoders(method, encoders, alignments=alignments, **params)
-    return encoder_from_state(first.config, state, sample_rate=first.sample_rate, normalize=first.normalize,
-                              name=method, source="merged")
-
-
-DEFAULT_ALPHAS = (0.0, 0.1, 0.25, 0.5, 0.75, 1.0)
 TASK_VECTOR_INPUTS = ("base", "speech", "music")
-# (λ_speech, λ_music) tried for every task-vector method: interpolations, λs + λm = 1 (the distilled-task-vector setting)
-LAMBDA_GRID = ((0.9, 0.1), (0.7, 0.3), (0.5, 0.5), (0.3, 0.7), (0.1, 0.9))
 # task addition: task arithmetic with λs = λm, so the two task vectors may add up to more than one
 ADDITION_GRID = ((0.5, 0.5), (0.6, 0.6), (0.75, 0.75), (0.9, 0.9), (1.0, 1.0))
 
@@ -100,7 +72,7 @@ def _lambda_params(method: str, pair: tuple[float, float], seed: int) -> dict:
 def choose_lambdas(validation: ProbeSuite, method: str, trio: dict[str, Encoder], grid, seed: int, log,
                    label: str | None = None) -> tuple[float, float]:
     """The grid's (λs, λm) with the best probe average on `validation` (the first one on a tie)."""
-    scores = {pair: validation.score(_merged(method, trio, **_lambda_params(method, pair, seed)), seed=seed).average()
+    scores = {pair: validation.score(merged_encoder(method, trio, **_lambda_params(method, pair, seed)), seed=seed).average()
               for pair in grid}
     best = max(scores, key=scores.get)
     log(f"  {label or method} λ on the validation split: "
@@ -112,7 +84,7 @@ def benchmark_rows(
     suite: ProbeSuite,
     models: dict[str, Path],
     *,
-    alphas: Sequence[float] = DEFAULT_ALPHAS,
+    alphas: Sequence[float] = ALPHA_GRID,
     calibration: Sequence | None = None,
     components: Sequence[str] = PAPER_COMPONENTS,
     lambdas: tuple[float, float] | None = None,
@@ -120,7 +92,8 @@ def benchmark_rows(
     seed: int = 0,
     log=print,
 ) -> list[Row]:
-    """Every row of the table, in the issue's order; rows whose models are missing are skipped (logged).
+    """Every row of the table (the encoders, linear and permute over `alphas`, the task-vector methods, the
+    multi-teacher student, speech_ft); rows whose models are missing are skipped (logged).
     Every task-vector method (inputs base, speech, music in the registry) gets its (λs, λm) from LAMBDA_GRID
     by the probes' average on a validation split of the training clips (the test split stays unseen), its
     other parameters at their defaults; task arithmetic also gets a `task_addition` row chosen the same way
@@ -142,10 +115,10 @@ def benchmark_rows(
         pair = {"speech": speech, "music": music}
         alignment = align(speech, music, clips=calibration, components=components) if calibration is not None else None
         for alpha in alphas:
-            add(f"linear@{alpha:g}", "linear", alpha, _merged("linear", pair, alpha=alpha))
+            add(f"linear@{alpha:g}", "linear", alpha, merged_encoder("linear", pair, alpha=alpha))
         if alignment is not None:
             for alpha in alphas:
-                add(f"permute@{alpha:g}", "permute", alpha, _merged("permute", pair, {"music": alignment}, alpha=alpha))
+                add(f"permute@{alpha:g}", "permute", alpha, merged_encoder("permute", pair, {"music": alignment}, alpha=alpha))
     else:
         log("  (speech/music encoders missing: their rows are skipped)")
     students = {"base": "student_base", "speech": "student_speech", "music": "student_music"}
@@ -161,14 +134,14 @@ def benchmark_rows(
             # choose, then score at once: the chosen merge's features are still in the suite's cache
             ls, lm = lambdas or choose_lambdas(validation, method, trio, grid, seed, log, label=label)
             params = _lambda_params(method, (ls, lm), seed)
-            add(f"{name}@{ls:g}/{lm:g}", method, None, _merged(method, trio, **params), params)
+            add(f"{name}@{ls:g}/{lm:g}", method, None, merged_encoder(method, trio, **params), params)
     else:
         log("  (students missing: task-vector rows are skipped)")
     if "student_multi" in enc:
         add("multi-teacher student", None, None, enc["student_multi"])
     if "speech" in enc and "speech_ft" in enc:
         pair = {"pretrained": enc["speech"], "finetuned": enc["speech_ft"]}
-        add(f"speech_ft@{speech_ft_alpha:g}", "speech_ft", speech_ft_alpha, _merged("speech_ft", pair, alpha=speech_ft_alpha))
+        add(f"speech_ft@{speech_ft_alpha:g}", "speech_ft", speech_ft_alpha, merged_encoder("speech_ft", pair, alpha=speech_ft_alpha))
     return rows
 
 
@@ -214,15 +187,8 @@ def difference(first: Row, second: Row, domain: str | None = None, seed: int = 0
     return first.scores.average(domain) - second.scores.average(domain), interval
 
 
-def write_sweep(rows: Sequence[Row], path: str | Path) -> tuple[Path, Path]:
-    """The speech/music trade-off over alpha for linear and permute, as JSON and a plotly HTML page."""
-    from viz.figures import tradeoff_curve
-
-    curves = {method: [{"alpha": r.alpha, "speech_avg": r.scores.average("speech"), "music_avg": r.scores.average("music"),
-                        "speech_avg_ci": list(r.scores.interval("speech")), "music_avg_ci": list(r.scores.interval("music"))}
-                       for r in rows if r.method == method] for method in ("linear", "permute")}
-    json_path = Path(path)
-    json_path.write_text(json.dumps(curves, indent=2))
-    html_path = json_path.with_suffix(".html")
-    tradeoff_curve(curves).write_html(html_path, include_plotlyjs=True)
-    return json_path, html_path
+def sweep_curves(rows: Sequence[Row]) -> dict[str, list[dict]]:
+    """The speech/music trade-off over α of the linear and permute rows, with the averages' intervals."""
+    return {method: [{"alpha": r.alpha, "speech_avg": r.scores.average("speech"), "music_avg": r.scores.average("music"),
+                      "speech_avg_ci": list(r.scores.interval("speech")), "music_avg_ci": list(r.scores.interval("music"))}
+                     for r in rows if r.method == method] for method in ("linear", "permute")}

@@ -1,7 +1,8 @@
-"""Command line: `python -m merging merge ...` (and, later, `benchmark`)."""
+"""Command line: `python -m merging merge ...` and `python -m merging benchmark ...`."""
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from pathlib import Path
@@ -11,6 +12,7 @@ from tqdm import tqdm
 
 from .methods import METHODS, MergeMethod, Param, all_params, get_method
 from .state import MergeError
+from .tradeoff import ALPHA_GRID, LAMBDA_GRID
 
 # Input roles' flags: `pretrained` (speech_ft) is the speech encoder, the others are named after their role.
 INPUT_FLAGS = {"pretrained": "speech"}
@@ -150,11 +152,13 @@ def _lambdas(text: str) -> tuple[float, float]:
 def benchmark_parser(sub) -> None:
     p = sub.add_parser("benchmark", help="probe scores of the encoders and of every merge method, as a Markdown table")
     p.add_argument("--models", nargs="+", default=None, help="folders holding the named built-in models, or ROLE=PATH pairs")
-    p.add_argument("--alphas", type=_floats, default=[0, 0.1, 0.25, 0.5, 0.75, 1], help="alphas for linear and permute (default 0,0.1,0.25,0.5,0.75,1)")
+    p.add_argument("--alphas", type=_floats, default=list(ALPHA_GRID),
+                   help=f"alphas for linear and permute (default {','.join(f'{a:g}' for a in ALPHA_GRID)})")
     p.add_argument("--components", default="cnn,ffn,attn", help="groups permute aligns (default cnn,ffn,attn)")
     p.add_argument("--lambdas", type=_lambdas, default=None,
                    help="λ_speech,λ_music for every task-vector method (default: each method's pair chosen from "
-                        "0.9,0.1 0.7,0.3 0.5,0.5 0.3,0.7 0.1,0.9 on a validation split of the probes' training clips)")
+                        + " ".join(f"{s:g},{m:g}" for s, m in LAMBDA_GRID)
+                        + " on a validation split of the probes' training clips)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", help="also write the numbers as JSON to this file")
     p.add_argument("--sweep", help="write the linear/permute trade-off curve as JSON here (and a plotly .html beside it)")
@@ -163,7 +167,8 @@ def benchmark_parser(sub) -> None:
 def run_benchmark(args) -> str:
     import platform
 
-    from .benchmark import MODELS_DIR, benchmark_rows, find_models, markdown_table, write_json, write_sweep
+    from .benchmark import benchmark_rows, find_models, markdown_table, write_json
+    from .catalogue import MODELS_DIR
     from .calibration import builtin_calibration
     from .probes import builtin_suite
 
@@ -185,6 +190,20 @@ def run_benchmark(args) -> str:
     counts = ", ".join(f"{task} {n}" for task, n in rows[0].scores.test_clips.items())
     return (markdown_table(rows, seed=args.seed) + f"\n\n{len(rows)} rows in {time.perf_counter() - started:.0f}s on {machine}, "
             f"seed {args.seed}; [low, high]: 95 % bootstrap intervals over the test clips ({counts})")
+
+
+def write_sweep(rows, path: str | Path) -> tuple[Path, Path]:
+    """The linear/permute trade-off over α of benchmark rows, as JSON and a plotly HTML page beside it."""
+    from viz.figures import tradeoff_curve
+
+    from .benchmark import sweep_curves
+
+    curves = sweep_curves(rows)
+    json_path = Path(path)
+    json_path.write_text(json.dumps(curves, indent=2))
+    html_path = json_path.with_suffix(".html")
+    tradeoff_curve(curves).write_html(html_path, include_plotlyjs=True)
+    return json_path, html_path
 
 
 def _describe(params: dict) -> str:

@@ -303,3 +303,10 @@ def _comparable(value: Any) -> Any:
 def _one_line(error: BaseException) -> str:
     text = " ".join(str(error).split()) or type(error).__name__
     return text if len(text) <= 300 else text[:297] + "..."
+
+
+def random_init(like: Encoder, seed: int = 0) -> Encoder:
+    """An encoder of `like`'s architecture with freshly initialised weights (the benchmark's "random init" row)."""
+    torch.manual_seed(seed)
+    model = HubertModel(like.config).eval()
+    return Encoder(model=model, sample_rate=like.sample_rate, normalize=like.normalize, name="random init", source=f"seed {seed}")

@@ -5,9 +5,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 import numpy as np
-import torch
 
-from .probes import LinearProbe, ProbeTask, layer_features
+from .probes import LinearProbe, ProbeTask, class_probabilities, layer_features
 
 Reading = dict[str, dict[str, float]]  # task -> label -> probability
 WINDOW_SECONDS = 1.0  # the probe clips' length
@@ -17,9 +16,7 @@ MAX_WINDOWS = 48
 def read(encoder, probes: Mapping[str, LinearProbe], tasks: Sequence[ProbeTask], clips: Sequence[np.ndarray],
          sample_rate: int, batch_size: int = 8) -> list[Reading]:
     """Each probe's class probabilities for each clip (mean-pooled features, as the probes were fitted)."""
-    features = layer_features(encoder, clips, sample_rate, batch_size)
-    per_task = {task.name: torch.softmax(probes[task.name].logits(features), 1).tolist() for task in tasks}
-    return [{task.name: dict(zip(task.labels, per_task[task.name][i])) for task in tasks} for i in range(len(clips))]
+    return class_probabilities(dict(probes), tasks, layer_features(encoder, clips, sample_rate, batch_size))
 
 
 def windows(clip: np.ndarray, sample_rate: int, *, seconds: float = WINDOW_SECONDS,

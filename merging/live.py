@@ -6,9 +6,13 @@ task) and scores the merged encoder on it. Few training clips pull every encoder
 similar amount, and the merge's two inputs ("parents") have known full-suite scores, so each task's score is
 corrected by the parents' (full − subset) gap measured on the same clips with the same probes, interpolated
 by the merge's position between them. Its 95 % interval combines the test clips' sampling (binomial) with the
-probes' training noise, whose size is measured once per parent pair by re-drawing the subset (`Calibration`).
+probes' training noise, whose size is measured once per parent by re-drawing the subset (`LiveProbes.calibrate`).
 The last stage, "full", is the benchmark's own scoring: the same clips, probes and seed as
 `python -m merging benchmark`.
+
+Every unit of work (a few clips' features, one task's probe fit) runs inside a `turn()` the caller gives, so a
+service can interleave several people's computations, give way to whoever waits, and drop work nobody waits for
+between any two units.
 """
 from __future__ import annotations
 
@@ -16,16 +20,25 @@ import math
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
 
-from .probes import ProbeScores, ProbeSuite, ProbeTask, fit_probe, layer_features
+from .probes import LinearProbe, ProbeSuite, ProbeTask, fit_probe, layer_features
 from .state import state_checksum
 
 Z95 = 1.959964
 STAGE_LADDER = (2, 4, 8, 16, 32)  # clips per class and split of the stages below the full suite
+STEP_SECONDS = 0.3  # the work between two yields of `steps`: a caller can stop or give way at least this often
+MAX_CHUNK = 64  # clips' features in one unit of work, however fast the device
+UNCORRECTED = "uncorrected"  # a stage below the full suite scored before the inputs' full-suite scores are known
+
+Turn = Callable[[], AbstractContextManager]  # entered around a unit of work; yields False when it is not its turn yet
+
+
+def _always() -> AbstractContextManager:
+    return nullcontext(True)
 
 
 # -- subsets ------------------------------------------------------------------------------------------
@@ -102,26 +115,31 @@ class ClipFeatures:
 
 @dataclass(frozen=True)
 class TaskResult:
-    """A task's probe on a subset: accuracy (%) and which test clips it got right."""
+    """A task's probe on a subset: accuracy (%), which test clips it got right, and those clips (suite indices);
+    `probe` is the fitted probe (not part of the result's value)."""
 
     accuracy: float
     correct: tuple[bool, ...]
+    clips: tuple[int, ...] = ()
+    probe: LinearProbe | None = field(default=None, compare=False, repr=False)
+
+
+def score_task(suite: ProbeSuite, task: ProbeTask, subset: Subset, features, *, seed: int = 0,
+               iterations: int | None = None) -> TaskResult:
+    """Fit one task's probe on the subset's training clips and score its test clips. `features(indices)` gives
+    the rows of those clips (a `ClipFeatures.get`, or rows of full-suite features)."""
+    y_of = {**dict(zip(task.train, task.train_y)), **dict(zip(task.test, task.test_y))}
+    train, test = subset.train[task.name], subset.test[task.name]
+    probe = fit_probe(features(train), torch.tensor([y_of[i] for i in train]), len(task.labels), seed=seed,
+                      max_iter=iterations or suite.fit_iterations)
+    hits = probe.logits(features(test)).argmax(1) == torch.tensor([y_of[i] for i in test])
+    return TaskResult(100.0 * hits.float().mean().item(), tuple(hits.tolist()), tuple(test), probe)  # as ProbeSuite.score
 
 
 def score_subset(suite: ProbeSuite, subset: Subset, features, *, seed: int = 0,
                  iterations: int | None = None) -> dict[str, TaskResult]:
-    """Fit each task's probe on the subset's training clips and score its test clips. `features(indices)`
-    gives the rows of those clips (a `ClipFeatures.get`, or rows of full-suite features)."""
-    results = {}
-    for task in suite.tasks:
-        y_of = {**dict(zip(task.train, task.train_y)), **dict(zip(task.test, task.test_y))}
-        train, test = subset.train[task.name], subset.test[task.name]
-        probe = fit_probe(features(train), torch.tensor([y_of[i] for i in train]), len(task.labels), seed=seed,
-                          max_iter=iterations or suite.fit_iterations)
-        predicted = probe.logits(features(test)).argmax(1)
-        hits = predicted == torch.tensor([y_of[i] for i in test])
-        results[task.name] = TaskResult(100.0 * hits.float().mean().item(), tuple(hits.tolist()))  # as ProbeSuite.score
-    return results
+    """`score_task` for every task of the suite."""
+    return {task.name: score_task(suite, task, subset, features, seed=seed, iterations=iterations) for task in suite.tasks}
 
 
 def full_subset(suite: ProbeSuite) -> Subset:
@@ -158,6 +176,11 @@ class Parent:
     def take(self, indices: Sequence[int]) -> torch.Tensor:
         return self.rows[list(indices)]
 
+    @property
+    def probes(self) -> dict[str, LinearProbe]:
+        """Its full-suite probes (the benchmark's)."""
+        return {task: r.probe for task, r in self.full_results.items()}
+
 
 def _binomial_variance(p: float, n: int) -> float:
     p = min(max(p, 0.5 / n), 1 - 0.5 / n)  # never zero: 0/n correct still leaves doubt
@@ -180,6 +203,15 @@ def corrected_estimate(merged: TaskResult, first: TaskResult, second: TaskResult
     return TaskEstimate(score, max(score - half, 0.0), min(score + half, 100.0), n, merged.accuracy)
 
 
+def subset_estimate(result: TaskResult) -> TaskEstimate:
+    """A task's score on a subset's own test clips, uncorrected, with its 95 % Wilson interval: what the merge scores
+    on these clips, before the inputs' full-suite scores can say how the full suite would differ."""
+    n, p = len(result.correct), result.accuracy / 100
+    centre = (p + Z95**2 / (2 * n)) / (1 + Z95**2 / n)
+    half = Z95 * math.sqrt(p * (1 - p) / n + Z95**2 / (4 * n * n)) / (1 + Z95**2 / n)
+    return TaskEstimate(result.accuracy, 100 * max(centre - half, 0.0), 100 * min(centre + half, 1.0), n, result.accuracy)
+
+
 @dataclass(frozen=True)
 class LiveScores:
     """Every task's estimate at one stage ("quick", "k16", ..., "full"), with the clips it took."""
@@ -190,6 +222,17 @@ class LiveScores:
     domains: Mapping[str, str]
     clips: int  # distinct clips the merged encoder has run on so far
     seconds: float  # since the first stage began
+    results: Mapping[str, TaskResult] = field(default_factory=dict, compare=False, repr=False)  # the merge's own
+
+    @property
+    def probes(self) -> dict[str, LinearProbe] | None:
+        """The probes this stage fitted on the merged encoder (None once dropped by `without_probes`)."""
+        probes = {task: r.probe for task, r in self.results.items()}
+        return probes if probes and all(p is not None for p in probes.values()) else None
+
+    def without_probes(self) -> LiveScores:
+        """The same scores, holding no fitted probes (what a long-lived cache keeps)."""
+        return replace(self, results={task: replace(r, probe=None) for task, r in self.results.items()})
 
     @property
     def accuracy(self) -> dict[str, float]:
@@ -224,7 +267,7 @@ def full_stage(results: Mapping[str, TaskResult], domains: Mapping[str, str], cl
     for task, result in results.items():
         low, high = average_interval({task: result.correct}, seed=seed)
         tasks[task] = TaskEstimate(result.accuracy, low, high, len(result.correct), result.accuracy)
-    return LiveScores("full", 0, tasks, dict(domains), clips, seconds)
+    return LiveScores("full", 0, tasks, dict(domains), clips, seconds, dict(results))
 
 
 class LiveProbes:
@@ -254,6 +297,10 @@ class LiveProbes:
             self._subsets[per_class] = stratified_subset(self.suite, per_class, self.seed, within)
         return self._subsets[per_class]
 
+    def stage_subset(self, per_class: int) -> Subset:
+        """A stage's clips: the ladder step's subset, or the whole suite for 0."""
+        return self.subset(per_class) if per_class else full_subset(self.suite)
+
     def plan(self, budget_seconds: float | None = None) -> list[int]:
         """Clips per class of each stage, 0 (the full suite) last: the quick stage is the largest ladder step
         whose estimated cost fits the budget (`budget_seconds`, default the probes' own; the full suite at once
@@ -270,97 +317,182 @@ class LiveProbes:
         later = [k for k in self.ladder if len(self.subset(k).clips()) >= 3 * len(self.subset(quick).clips())]
         return [quick, *later[:1], 0]
 
-    def _score(self, subset: Subset, rows, per_class: int) -> dict[str, TaskResult]:
-        start = time.perf_counter()
+    def chunk(self) -> int:
+        """Clips' features per unit of work: about STEP_SECONDS on this device (8 before anything was measured)."""
+        if not self.clip_seconds:
+            return 8
+        return max(1, min(MAX_CHUNK, int(STEP_SECONDS / self.clip_seconds)))
+
+    # -- units of work, each inside a turn ----------------------------------------------------------
+
+    def _in_turn(self, turn: Turn, work: Callable[[], object], done: float) -> Iterator[tuple[float, None]]:
+        """Run `work()` inside `turn()`, yielding (done, None) each time the turn was not given yet; returns its result."""
+        while True:
+            with turn() as given:
+                if given:
+                    return work()
+            yield done, None
+
+    def _features(self, features: ClipFeatures, indices: Sequence[int], turn: Turn, running, chunk: int | None,
+                  done: Callable[[], float]) -> Iterator[tuple[float, None]]:
+        """Features of the clips not seen yet, a chunk per turn (`running()` gives the encoder inside a turn)."""
+        missing = [i for i in indices if i not in features.rows]
+        start, busy = 0, 0.0
+        while start < len(missing):
+            size = chunk or self.chunk()
+
+            def unit(part=missing[start:start + size]):
+                with running() as encoder:
+                    began = time.perf_counter()
+                    features.encoder = encoder
+                    features.get(part)
+                    return time.perf_counter() - began
+
+            busy += yield from self._in_turn(turn, unit, done())
+            start += size
+            if start < len(missing):
+                yield done(), None
+        if missing and chunk is None:
+            self.clip_seconds = busy / len(missing) if self.clip_seconds is None else \
+                0.5 * self.clip_seconds + 0.5 * busy / len(missing)
+
+    def _fit(self, subset: Subset, rows, per_class: int, turn: Turn, done: float) -> Iterator[tuple[float, None]]:
+        """Every task's probe fitted and scored, one task per turn; returns {task: TaskResult}."""
         iterations = None if per_class == 0 else self.quick_iterations
-        results = score_subset(self.suite, subset, rows, seed=self.seed, iterations=iterations)
-        self.fit_seconds[per_class] = time.perf_counter() - start
+        results, busy = {}, 0.0
+        for task in self.suite.tasks:
+            def unit(task=task):
+                began = time.perf_counter()
+                result = score_task(self.suite, task, subset, rows, seed=self.seed, iterations=iterations)
+                return result, time.perf_counter() - began
+
+            results[task.name], seconds = yield from self._in_turn(turn, unit, done)
+            busy += seconds
+        self.fit_seconds[per_class] = busy
         return results
 
-    def parent(self, encoder, key: str | None = None, *, chunk: int = 256,
-               hold: Callable[[], AbstractContextManager] | None = None) -> Parent:
+    # -- parents ------------------------------------------------------------------------------------
+
+    def parent(self, encoder, key: str | None = None, *, chunk: int | None = None, turn: Turn = _always,
+               running: Callable[[], AbstractContextManager] | None = None) -> Parent:
         """An input encoder's full-suite features and scores (cached by its weights); measures the cost of a
-        clip's features on this device. `hold()`, when given, is entered around each `chunk` clips' features and
-        yields the encoder (as in `steps`, whose probe fits also run outside it); `encoder` may then be None if `key`
-        is given."""
+        clip's features on this device. See `parent_steps` for `turn` and `running`."""
+        steps = self.parent_steps(encoder, key, chunk=chunk, turn=turn, running=running)
+        while True:
+            try:
+                next(steps)
+            except StopIteration as done:
+                return done.value
+
+    def parent_steps(self, encoder, key: str | None = None, *, chunk: int | None = None, turn: Turn = _always,
+                     running: Callable[[], AbstractContextManager] | None = None
+                     ) -> Iterator[tuple[float, None]]:
+        """`parent` as a generator of (fraction done, None) between units of work; returns the Parent. Each unit
+        runs inside `turn()`; `running()`, entered inside it, yields the encoder (`encoder` may then be None if
+        `key` is given)."""
         key = key or state_checksum(encoder.state_dict())
-        if key not in self._parents:
-            hold = hold or (lambda: nullcontext(encoder))
-            features, total, busy = ClipFeatures(self.suite, encoder), len(self.suite.clips), 0.0
-            for at in range(0, total, chunk):
-                with hold() as running:
-                    start = time.perf_counter()
-                    features.encoder = running
-                    features.get(range(at, min(at + chunk, total)))
-                    busy += time.perf_counter() - start
-            self.clip_seconds = busy / total
-            rows = features.get(range(total))
-            self._parents[key] = Parent(rows, self._score(full_subset(self.suite), lambda idx: rows[list(idx)], 0))
-            while len(self._parents) > self._cache_size:
-                self._parents.pop(next(iter(self._parents)))
-        return self._parents[key]
+        if key in self._parents:
+            return self._parents[key]
+        running = running or (lambda: nullcontext(encoder))
+        features, total = ClipFeatures(self.suite, encoder), len(self.suite.clips)
+        yield from self._features(features, range(total), turn, running, chunk, lambda: len(features.rows) / total)
+        rows = features.get(range(total))
+        results = yield from self._fit(full_subset(self.suite), lambda idx: rows[list(idx)], 0, turn, 1.0)
+        parent = Parent(rows, results)
+        self._parents[key] = parent
+        while len(self._parents) > self._cache_size:
+            self._parents.pop(next(iter(self._parents)))
+        return parent
 
     def calibrate(self, parent: Parent, per_class: int) -> None:
         """The parent's results on the stage's subset, and its training noise: the variance of its accuracy
         over `resamples` re-drawn subsets beyond what their test clips' sampling explains."""
+        for _ in self.calibration_steps(parent, per_class):
+            pass
+
+    def calibration_steps(self, parent: Parent, per_class: int, turn: Turn = _always) -> Iterator[tuple[float, None]]:
+        """`calibrate` a resample per turn."""
         if per_class in parent.stage:
             return
-        redrawn = [score_subset(self.suite, stratified_subset(self.suite, per_class, seed=1000 * (self.seed + 1) + r),
-                                parent.take, seed=self.seed, iterations=self.quick_iterations)
-                   for r in range(self.resamples)]
-        parent.train_variance[per_class] = {task: _training_variance([r[task] for r in redrawn]) for task in self.domains}
-        parent.stage[per_class] = self._score(self.subset(per_class), parent.take, per_class)
+        redrawn = []
+        for r in range(self.resamples):
+            subset = stratified_subset(self.suite, per_class, seed=1000 * (self.seed + 1) + r)
+            redrawn.append((yield from self._in_turn(turn, lambda subset=subset: score_subset(
+                self.suite, subset, parent.take, seed=self.seed, iterations=self.quick_iterations), 0.0)))
+        variance = {task: _training_variance([r[task] for r in redrawn]) for task in self.domains}
+        stage = yield from self._fit(self.subset(per_class), parent.take, per_class, turn, 0.0)
+        parent.train_variance[per_class], parent.stage[per_class] = variance, stage
 
     def prepare(self, *parents: Parent, plan: Sequence[int] | None = None) -> list[int]:
         """Calibrate the parents for every stage of the plan (before a merge, so its first answer stays quick)."""
         plan = list(plan or self.plan())
-        for parent in parents:
-            for k in plan:
-                if k:
-                    self.calibrate(parent, k)
+        for _ in self.preparation_steps(*parents, plan=plan):
+            pass
         return plan
 
-    def stages(self, encoder, first: Parent, second: Parent, position: float, *,
+    def preparation_steps(self, *parents: Parent, plan: Sequence[int] | None = None, turn: Turn = _always
+                          ) -> Iterator[tuple[float, None]]:
+        """`prepare` a unit of work per turn."""
+        for parent in parents:
+            for k in plan or self.plan():
+                if k:
+                    yield from self.calibration_steps(parent, k, turn)
+
+    # -- a merge's stages ---------------------------------------------------------------------------
+
+    def stages(self, encoder, first: Parent, second: Parent, position: float | None, *,
                plan: Sequence[int] | None = None) -> Iterator[LiveScores]:
         """The merged encoder's scores stage by stage (see `plan`); stop iterating to stop the work."""
         for _, scores in self.steps(encoder, first, second, position, plan=plan):
             if scores is not None:
                 yield scores
 
-    def steps(self, encoder, first: Parent, second: Parent, position: float, *, plan: Sequence[int] | None = None,
-              chunk: int = 256, hold: Callable[[], AbstractContextManager] | None = None
-              ) -> Iterator[tuple[float, LiveScores | None]]:
-        """The work of `stages` in steps of at most `chunk` clips' features or one stage's probes: yields
-        (fraction of the clips done, the stage's scores or None between them), so that a caller can drop a
-        superseded merge at any step. `hold()`, when given, is entered around each step's use of the encoder and
-        yields it (e.g. a lock and a pooled model that has to be re-filled); `encoder` is then ignored."""
+    def steps(self, encoder, first: Parent | None, second: Parent | None, position: float | None, *,
+              plan: Sequence[int] | None = None, chunk: int | None = None, turn: Turn = _always,
+              running: Callable[[], AbstractContextManager] | None = None,
+              known: Mapping[int, LiveScores] | None = None,
+              features: ClipFeatures | None = None) -> Iterator[tuple[float, LiveScores | None]]:
+        """The work of `stages` a unit at a time: yields (fraction of the suite's clips done, the stage's scores or
+        None between units), at least every STEP_SECONDS of work (`chunk` clips' features when given), so that a
+        caller can drop a superseded merge at any step. Each unit runs inside `turn()` (which yields False when it
+        is not this computation's turn yet: the step is retried after a yield); `running()`, entered inside a turn,
+        yields the merged encoder (`encoder` is then ignored). `known`: stages already scored (by clips per class),
+        yielded as they are. `position`: where the merge sits between its parents (None: nowhere: their mean gap).
+        Without parents (None) a stage below the full suite is "uncorrected": the score on its own clips, which
+        estimates the subset's score, not the full suite's. `features`: the merge's clips' features computed so far
+        (e.g. by an earlier call for the same merge), extended here."""
         start = time.perf_counter()
-        hold = hold or (lambda: nullcontext(encoder))
-        features = ClipFeatures(self.suite, encoder)
+        running = running or (lambda: nullcontext(encoder))
+        features = features or ClipFeatures(self.suite, encoder)
         total = len(self.suite.clips)
+        known = known or {}
         for number, k in enumerate(plan or self.plan()):
-            subset = self.subset(k) if k else full_subset(self.suite)
-            missing = [i for i in subset.clips() if i not in features.rows]
-            for at in range(0, len(missing), chunk):
-                with hold() as running:
-                    features.encoder = running
-                    features.get(missing[at:at + chunk])
-                if at + chunk < len(missing):
-                    yield len(features.rows) / total, None
+            if k in known:
+                yield len(features.rows) / total, known[k]
+                if k == 0:
+                    return
+                continue
+            subset = self.stage_subset(k)
+            yield from self._features(features, subset.clips(), turn, running, chunk, lambda: len(features.rows) / total)
+            done = len(features.rows) / total
             if k == 0:
-                results = self._score(subset, features.get, 0)
+                results = yield from self._fit(subset, features.get, 0, turn, done)
                 yield 1.0, full_stage(results, self.domains, len(features.rows), time.perf_counter() - start, self.seed)
                 return
-            self.calibrate(first, k)
-            self.calibrate(second, k)
-            results = self._score(subset, features.get, k)
-            tasks = {task: corrected_estimate(results[task], first.stage[k][task], second.stage[k][task],
-                                              (first.full[task], second.full[task]), position,
-                                              (first.train_variance[k][task] + second.train_variance[k][task]) / 2)
-                     for task in self.domains}
-            name = "quick" if number == 0 else f"{k} per class"
-            yield len(features.rows) / total, LiveScores(name, k, tasks, self.domains, len(features.rows),
-                                                         time.perf_counter() - start)
+            if first is None or second is None:
+                results = yield from self._fit(subset, features.get, k, turn, done)
+                tasks = {task: subset_estimate(results[task]) for task in self.domains}
+                name = UNCORRECTED
+            else:
+                yield from self.preparation_steps(first, second, plan=[k], turn=turn)
+                results = yield from self._fit(subset, features.get, k, turn, done)
+                w = 0.5 if position is None else position
+                tasks = {task: corrected_estimate(results[task], first.stage[k][task], second.stage[k][task],
+                                                  (first.full[task], second.full[task]), w,
+                                                  (first.train_variance[k][task] + second.train_variance[k][task]) / 2)
+                         for task in self.domains}
+                name = "quick" if number == 0 else f"{k} per class"
+            yield done, LiveScores(name, k, tasks, self.domains, len(features.rows), time.perf_counter() - start, results)
 
 
 def _training_variance(results: Sequence[TaskResult]) -> float:

@@ -10,28 +10,47 @@ import functools
 import hashlib
 import re
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from typing import Protocol
 
 import torch
 
-from .registry import (METHODS, MergeMethod, Param, all_params, get_method, merge, method_arguments,  # noqa: F401
-                       register, shared_range, writes_into)
+from .registry import (METHODS, MergeMethod, Param, Placement, all_params, get_method, merge,  # noqa: F401
+                       method_arguments, register, shared_range, writes_into)
 from .state import MergeError, StateDict, check_finite, check_same_keys
 
 # ---- parameters, declared once -----------------------------------------------------------------
 
 ALPHA = Param("alpha", 0.5, "weight of the music side (0: the speech encoder, 1: the music encoder)", "α", low=0, high=1)
+PAPER_ALPHA = replace(ALPHA, default=0.1)  # the permutation paper's α
 LAYER_ALPHAS = Param("layer_alphas", None, "one α per transformer layer, overriding α inside that layer",
                      "per-layer α", kind="floats", low=0, high=1)
 DENSITY = Param("density", 0.2, "fraction of each task vector's entries kept (by magnitude)", "density",
-                low=0, high=1, low_open=True)
+                low=0, high=1, low_open=True, step=0.05)
 LAMBDA_HELP = "scale of the {} task vector's contribution (2 doubles it, 0 leaves it out)"
 
 
 def lambdas(default: float, low: float = -1) -> tuple[Param, Param]:
     """λ_speech and λ_music: each scales its task vector's contribution, the same way in every method."""
-    return tuple(Param(f"lambda_{role}", default, LAMBDA_HELP.format(role), f"λ {role}", low=low, high=2)
+    return tuple(Param(f"lambda_{role}", default, LAMBDA_HELP.format(role), f"λ {role}", low=low, high=2, step=0.05)
                  for role in ("speech", "music"))
+
+
+# ---- where a merge sits between speech and music --------------------------------------------------
+
+def _alpha_label(arguments) -> str:
+    return f"α={arguments['alpha']:g}" + (" (per layer)" if arguments.get("layer_alphas") else "")
+
+
+def _music_share(arguments) -> float:
+    """λ music's share of the two λs (0.5 when they do not add up to a positive weight)."""
+    ls, lm = arguments["lambda_speech"], arguments["lambda_music"]
+    return min(max(lm / (ls + lm), 0.0), 1.0) if ls + lm > 0 else 0.5
+
+
+ALONG_ALPHA = Placement(("alpha",), lambda arguments: arguments["alpha"], _alpha_label, exact=True)
+BY_MUSIC_SHARE = Placement(("lambda_speech", "lambda_music"), _music_share,
+                           lambda a: f"λ={a['lambda_speech']:g}/{a['lambda_music']:g}", exact=False)
 
 
 # ---- checks -------------------------------------------------------------------------------------
@@ -137,7 +156,8 @@ def _lerp_weights(first: StateDict, second: StateDict, alpha, layer_alphas, labe
 
 
 @register("linear", "(1−α)·speech + α·music, optionally with one α per transformer layer",
-          params=(ALPHA, LAYER_ALPHAS), paper="weight averaging (Wortsman et al. 2022, arXiv 2203.05482)")
+          params=(ALPHA, LAYER_ALPHAS), paper="weight averaging (Wortsman et al. 2022, arXiv 2203.05482)",
+          placed=ALONG_ALPHA)
 def linear(speech: StateDict, music: StateDict, *, alpha: float, layer_alphas: Sequence[float] | None) -> StateDict:
     """(1−α)·speech + α·music. `layer_alphas` (one per `encoder.layers.{l}.`) overrides α inside those
     layers; CNN, projection, positional conv, encoder norm and masked_spec_embed use `alpha`."""
@@ -176,7 +196,7 @@ class Aligner(Protocol):
 
 
 @register("permute", "correlation-permutation: move music into the speech basis (exact re-ordering), then linear",
-          params=(ALPHA, LAYER_ALPHAS), aligns="music",
+          params=(PAPER_ALPHA, LAYER_ALPHAS), aligns="music", placed=ALONG_ALPHA,
           paper="correlation-permutation merging of HuBERT and MERT (arXiv 2506.11403)")
 def permute(
     speech: StateDict, music: StateDict, *, alignment: Aligner, alpha: float, layer_alphas: Sequence[float] | None
@@ -206,7 +226,7 @@ LAYER_LAMBDAS = Param("layer_lambdas", None, "one (λ speech, λ music) pair per
 
 @register("task_arithmetic", "base + λs·(speech − base) + λm·(music − base), optionally with (λs, λm) per layer",
           params=(*lambdas(0.5), LAYER_LAMBDAS), paper="task arithmetic (Ilharco et al. 2023, arXiv 2212.04089); "
-          "distilled speech/music task vectors (arXiv 2505.13270)")
+          "distilled speech/music task vectors (arXiv 2505.13270)", placed=BY_MUSIC_SHARE)
 def task_arithmetic(
     base: StateDict,
     speech: StateDict,
@@ -305,7 +325,8 @@ TRIM = Param("trim", "task_vector", "what density is a fraction of: 'task_vector
 
 
 @register("ties", "TIES: trim each task vector to its top entries, elect signs by mass, disjoint mean, scaled by λ",
-          params=(*lambdas(1.0, low=0), DENSITY, TRIM), paper="TIES-Merging (Yadav et al. 2023, arXiv 2306.01708)")
+          params=(*lambdas(1.0, low=0), DENSITY, TRIM), paper="TIES-Merging (Yadav et al. 2023, arXiv 2306.01708)",
+          placed=BY_MUSIC_SHARE)
 def ties(base: StateDict, speech: StateDict, music: StateDict, *, lambda_speech: float, lambda_music: float,
          density: float, trim: str) -> StateDict:
     """TIES-merging as its paper and official code define it. Each task vector τ = model − base keeps its
@@ -335,7 +356,7 @@ def _tensor_seed(seed: int, role: str, name: str) -> int:
 
 
 DROP = Param("drop", 0.9, "probability that a task-vector entry is dropped (survivors are scaled by 1/(1 − drop))",
-             "drop", low=0, high=1, high_open=True)
+             "drop", low=0, high=1, high_open=True, step=0.05)
 SEED = Param("seed", 0, "seed of the random drop masks", "seed", kind="int")
 COMBINE = Param("combine", "task_arithmetic", "how the rescaled task vectors combine: 'task_arithmetic' (their λ-weighted "
                 "sum) or 'ties' (sign election and disjoint mean: DARE-TIES)", "combine",
@@ -344,7 +365,7 @@ COMBINE = Param("combine", "task_arithmetic", "how the rescaled task vectors com
 
 @register("dare", "DARE: drop task-vector entries at random, rescale survivors, then task arithmetic (or TIES's "
           "sign election and disjoint mean)", params=(*lambdas(0.5), DROP, SEED, COMBINE),
-          paper="DARE (Yu et al. 2023, arXiv 2311.03099)")
+          paper="DARE (Yu et al. 2023, arXiv 2311.03099)", placed=BY_MUSIC_SHARE)
 def dare(base: StateDict, speech: StateDict, music: StateDict, *, lambda_speech: float, lambda_music: float,
          drop: float, seed: int, combine: str) -> StateDict:
     """DARE: each entry of τ = model − base is dropped with probability `drop` and survivors are scaled
@@ -401,7 +422,7 @@ def _drm_matrix(deltas: list[torch.Tensor], lambdas: Sequence[float], density: f
 
 
 RANK_TOL = Param("rank_tol", 0.01, "joint singular components below rank_tol × the largest are dropped", "rank tolerance",
-                 low=0, high=1, high_open=True)
+                 low=0, high=1, high_open=True, step=0.005)
 VARIANT = Param("variant", "horizontal", "'horizontal' (deltas side by side: shared left singular vectors, the right "
                 "ones pruned) or 'vertical' (stacked: shared right singular vectors, the left ones pruned)", "variant",
                 kind="choice", choices=("horizontal", "vertical"))
@@ -412,7 +433,8 @@ CONV = Param("conv", "elementwise", "conv kernels: 'elementwise' (sign election 
 
 
 @register("drm", "Decom-Renorm-Merge: sign-elected disjoint merge of task vectors in their joint SVD space",
-          params=(*lambdas(1.0), DENSITY, RANK_TOL, VARIANT, PRUNE, CONV), paper="Decom-Renorm-Merge (arXiv 2505.23117)")
+          params=(*lambdas(1.0), DENSITY, RANK_TOL, VARIANT, PRUNE, CONV), paper="Decom-Renorm-Merge (arXiv 2505.23117)",
+          placed=BY_MUSIC_SHARE)
 def drm(base: StateDict, speech: StateDict, music: StateDict, *, lambda_speech: float, lambda_music: float,
         density: float, rank_tol: float, variant: str, prune: str, conv: str) -> StateDict:
     """Decom-Renorm-Merge as its authors apply it. For each 2-D weight with deltas Δ_i (horizontal):
@@ -443,7 +465,7 @@ FT_ALPHA = Param("alpha", 0.25, "weight of the fine-tuned copy (0: the pretraine
 
 
 @register("speech_ft", "θ_pre + α·(θ_ft − θ_pre): Speech-FT interpolation toward the fine-tuned copy",
-          params=(FT_ALPHA,), paper="Speech-FT (arXiv 2502.12672)")
+          params=(FT_ALPHA,), paper="Speech-FT (arXiv 2502.12672)", placed=ALONG_ALPHA)
 def speech_ft(pretrained: StateDict, finetuned: StateDict, *, alpha: float) -> StateDict:
     """Speech-FT (arXiv 2502.12672): θ_pre + α·(θ_ft − θ_pre); α=0 is the pretrained model exactly."""
     labels = ("pretrained", "finetuned")

@@ -11,7 +11,7 @@ import torch
 import transformers
 
 from .align import Alignment, PAPER_COMPONENTS, Progress, correlation_align, weight_align
-from .encoders import Encoder, check_compatible
+from .encoders import Encoder, check_compatible, encoder_from_state
 from .methods import METHODS, get_method, merge
 from .state import MergeError, StateDict, state_checksum
 
@@ -78,6 +78,15 @@ def merge_encoders(
             raise MergeError(f"method '{method}' needs an alignment of the {declared.aligns} encoder (run the alignment first)")
         params["alignment"] = alignments[declared.aligns]
     return merge(method, states, **params)
+
+
+def merged_encoder(method: str, encoders: dict[str, Encoder], alignments: dict[str, Alignment] | None = None,
+                   **params) -> Encoder:
+    """`merge_encoders` as a runnable encoder with the first input's configuration, rate and normalisation."""
+    first = encoders[get_method(method).inputs[0]]
+    state = merge_encoders(method, encoders, alignments=alignments, **params)
+    return encoder_from_state(first.config, state, sample_rate=first.sample_rate, normalize=first.normalize,
+                              name=method, source="merged")
 
 
 def check_sample_rates(encoders: dict[str, Encoder], allow_mismatch: bool = False) -> str | None:

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from .features import encoder_input, hidden_states
-from .state import MergeError, state_checksum
+from .state import MergeError, state_checksum, torch_threads
 from .stats import average_interval
 
 
@@ -90,7 +90,7 @@ def fit_probe(features: torch.Tensor, targets: torch.Tensor, num_classes: int, *
         loss.backward()
         return loss
 
-    with torch.enable_grad():
+    with torch.enable_grad(), torch_threads(1):  # many small ops: a second thread only waits (10x slower when busy)
         optimizer.step(closure)
     return LinearProbe(mean, std, layer_logits.detach(), weight.detach(), bias.detach())
 
@@ -182,12 +182,14 @@ class ProbeSuite:
 
             clip = resample(clip, sample_rate, self.sample_rate)
         probes = probes or self.fit(encoder)
-        features = layer_features(encoder, [clip], self.sample_rate)
-        result = {}
-        for task in self.tasks:
-            probabilities = torch.softmax(probes[task.name].logits(features), 1)[0]
-            result[task.name] = {label: float(p) for label, p in zip(task.labels, probabilities)}
-        return result
+        return class_probabilities(probes, self.tasks, layer_features(encoder, [clip], self.sample_rate))[0]
+
+
+def class_probabilities(probes: dict[str, LinearProbe], tasks: Sequence[ProbeTask],
+                        features: torch.Tensor) -> list[dict[str, dict[str, float]]]:
+    """Per clip (a row of `features`), each task's class probabilities by label."""
+    per_task = {task.name: torch.softmax(probes[task.name].logits(features), 1).tolist() for task in tasks}
+    return [{task.name: dict(zip(task.labels, per_task[task.name][i])) for task in tasks} for i in range(len(features))]
 
 
 def builtin_suite(root: str | Path | None = None, sample_rate: int = 16000, *,

@@ -12,10 +12,10 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from typing import TypeVar
 
-from .state import MergeError, StateDict
+from .state import MergeError, StateDict, quoted
 
 Fn = TypeVar("Fn", bound=Callable[..., StateDict])
-KINDS = ("float", "int", "choice", "floats", "pairs")
+KINDS = ("float", "int", "choice", "flag", "floats", "pairs")
 
 
 @dataclass(frozen=True)
@@ -23,9 +23,10 @@ class Param:
     """One parameter of a merge method.
 
     kind: "float" or "int" (a number in [low, high], an end excluded when `low_open`/`high_open`),
-    "choice" (one of `choices`), "floats" (one number per transformer layer, each in the range, or None)
-    or "pairs" (one (speech, music) pair of numbers per transformer layer, or None).
-    `label` is the short name a person sees (slider, messages); `help` says in one line what it does.
+    "choice" (one of `choices`), "flag" (True or False), "floats" (one number per transformer layer, each in
+    the range, or None) or "pairs" (one (speech, music) pair of numbers per transformer layer, or None).
+    `label` is the short name a person sees (control, messages); `help` says in one line what it does;
+    `step` is a control's resolution for a number (default: a hundredth of a finite range, 1 for an int).
     """
 
     name: str
@@ -38,14 +39,30 @@ class Param:
     low_open: bool = False
     high_open: bool = False
     choices: tuple[str, ...] = ()
+    step: float | None = None
 
     def __post_init__(self):
         if self.kind not in KINDS:
             raise ValueError(f"parameter '{self.name}': kind must be one of {', '.join(KINDS)}, not {self.kind!r}")
         if self.kind == "choice" and self.default not in self.choices:
             raise ValueError(f"parameter '{self.name}': default {self.default!r} is not one of its choices")
+        if self.kind == "flag" and not isinstance(self.default, bool):
+            raise ValueError(f"parameter '{self.name}': a flag's default is True or False")
         if not self.label:
             object.__setattr__(self, "label", self.name)
+
+    @property
+    def resolution(self) -> float:
+        """A control's step for this number."""
+        if self.step is not None:
+            return self.step
+        if self.kind == "int" or math.isinf(self.high - self.low):
+            return 1.0 if self.kind == "int" else 0.01
+        return 10 ** math.floor(math.log10((self.high - self.low) / 100))
+
+    def same_control(self, other: Param) -> bool:
+        """Whether `other` means the same and takes the same values (a page keeps its value when the method changes)."""
+        return replace(self, default=None) == replace(other, default=None)
 
     @property
     def optional(self) -> bool:
@@ -55,13 +72,16 @@ class Param:
     def interval(self) -> str:
         if self.kind == "choice":
             return "{" + ", ".join(self.choices) + "}"
+        if self.kind == "flag":
+            return "{true, false}"
         if self.kind == "int" and math.isinf(self.low) and math.isinf(self.high):
             return "an integer"
         return f"{'(' if self.low_open else '['}{self.low:g}, {self.high:g}{')' if self.high_open else ']'}"
 
     def values(self) -> str:
         """Valid values and default, e.g. '[0, 1], default 0.5'."""
-        default = "none" if self.default is None else f"{self.default:g}" if isinstance(self.default, float) else self.default
+        default = ("none" if self.default is None else str(self.default).lower() if isinstance(self.default, bool)
+                   else f"{self.default:g}" if isinstance(self.default, float) else self.default)
         each = "each in " if self.kind in ("floats", "pairs") else ""
         return f"{each}{self.interval()}, default {default}"
 
@@ -76,12 +96,16 @@ class Param:
             return self._scalar(value, name)
         if self.kind == "choice":
             if not isinstance(value, str) or value not in self.choices:
-                raise MergeError(f"{name} must be one of {', '.join(self.choices)}, got {value!r}")
+                raise MergeError(f"{name} must be one of {', '.join(self.choices)}, got {quoted(value)}")
+            return value
+        if self.kind == "flag":
+            if not isinstance(value, bool):  # "yes", 1 or a dict are not taken as true
+                raise MergeError(f"{name} must be true or false, got {quoted(value)}")
             return value
         if value is None:
             return None
         if isinstance(value, (str, bytes)) or not hasattr(value, "__iter__"):
-            raise MergeError(f"{name} must be a list with one entry per transformer layer, got {value!r}")
+            raise MergeError(f"{name} must be a list with one entry per transformer layer, got {quoted(value)}")
         if self.kind == "floats":
             return [self._scalar(v, f"every {name} entry") for v in value]
         return [self._pair(pair, name) for pair in value]
@@ -89,24 +113,40 @@ class Param:
     def _scalar(self, value, name: str):
         if self.kind == "int":
             try:
-                return operator.index(value)
+                number = operator.index(value)
             except TypeError:
-                raise MergeError(f"{name} must be an integer, got {value!r}") from None
+                raise MergeError(f"{name} must be an integer, got {quoted(value)}") from None
+            if isinstance(value, bool) or not self.low <= number <= self.high:
+                raise MergeError(f"{name} must be an integer in {self.interval()}, got {quoted(value)}")
+            return number
         try:
             x = float(value)
         except (TypeError, ValueError):
             x = math.nan
         inside = (self.low < x if self.low_open else self.low <= x) and (x < self.high if self.high_open else x <= self.high)
         if isinstance(value, (bool, str, bytes)) or not inside:  # "0.5" is text, not a number
-            raise MergeError(f"{name} must be a number in {self.interval()}, got {value!r}")
+            raise MergeError(f"{name} must be a number in {self.interval()}, got {quoted(value)}")
         return x
 
     def _pair(self, pair, name: str) -> tuple[float, float]:
         try:
             first, second = pair
         except (TypeError, ValueError):
-            raise MergeError(f"{name} entries must be (speech, music) pairs, got {pair!r}") from None
+            raise MergeError(f"{name} entries must be (speech, music) pairs, got {quoted(pair)}") from None
         return self._scalar(first, f"{name} speech"), self._scalar(second, f"{name} music")
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where a method's merge sits on the speech–music axis, from its arguments (`params` names those it reads): a
+    position in [0, 1] (0: its first input's side, 1: its second's) and a short label. `exact`: the ends are the
+    inputs themselves (position 0 is the first input, 1 the second, as for an interpolation weight); otherwise the
+    position only labels a mix of weights (a share of two task vectors) and is not a point between two known models."""
+
+    params: tuple[str, ...]
+    position: Callable[[Mapping[str, object]], float]
+    label: Callable[[Mapping[str, object]], str]
+    exact: bool
 
 
 @dataclass(frozen=True)
@@ -119,6 +159,7 @@ class MergeMethod:
     paper: str = ""  # where the method comes from
     aligns: str | None = None  # the input whose Alignment (into the first input's basis) the method takes
     into: Callable[..., StateDict] | None = None  # the same merge written into preallocated weights (`writes_into`)
+    placement: Placement | None = None  # None: not placed on the speech–music axis
 
     @property
     def parameters(self) -> tuple[str, ...]:
@@ -135,11 +176,18 @@ class MergeMethod:
 
     @property
     def interpolates(self) -> bool:
-        """Whether its trade-off is one weight α from the first input (α=0) to the second (α=1)."""
-        return "alpha" in self.parameters and not self.task_vector
+        """Whether its merges lie between its two inputs, which are the axis's ends (see `Placement.exact`)."""
+        return self.placement is not None and self.placement.exact
 
     def param(self, name: str) -> Param:
         return next(p for p in self.params if p.name == name)
+
+    def place(self, params: Mapping[str, object]) -> tuple[float, str] | None:
+        """(position on the speech–music axis, label) of its merge with these arguments; None when not placed."""
+        if self.placement is None:
+            return None
+        arguments = {**self.defaults, **params}
+        return float(self.placement.position(arguments)), self.placement.label(arguments)
 
     def arguments(self, params: Mapping[str, object]) -> dict[str, object]:
         """Every parameter checked and completed with its default (plus the alignment, when it takes one)."""
@@ -164,10 +212,11 @@ METHODS: dict[str, MergeMethod] = {}
 
 
 def register(name: str, description: str, *, params: tuple[Param, ...] = (), paper: str = "",
-             aligns: str | None = None) -> Callable[[Fn], Fn]:
+             aligns: str | None = None, placed: Placement | None = None) -> Callable[[Fn], Fn]:
     """Decorator adding a method to METHODS. The function's positional parameters name its input roles;
     its keyword-only parameters are exactly `params` (plus `alignment` when it `aligns` an input), all
-    without defaults: the decorated function checks its arguments and fills in the declared defaults."""
+    without defaults: the decorated function checks its arguments and fills in the declared defaults.
+    `placed` says where its merges sit on the speech–music axis (None: nowhere)."""
 
     def add(fn: Fn) -> Fn:
         old = METHODS.get(name)
@@ -181,7 +230,9 @@ def register(name: str, description: str, *, params: tuple[Param, ...] = (), pap
             raise ValueError(f"merge method '{name}': keyword parameters {keywords} differ from the declared {declared}")
         if aligns is not None and aligns not in inputs[1:]:
             raise ValueError(f"merge method '{name}': aligns '{aligns}', which is not one of its later inputs")
-        method = MergeMethod(name, fn, inputs, tuple(params), description, paper, aligns)
+        if placed is not None and not set(placed.params) <= {p.name for p in params}:
+            raise ValueError(f"merge method '{name}' is placed by {placed.params}, which are not all its parameters")
+        method = MergeMethod(name, fn, inputs, tuple(params), description, paper, aligns, placement=placed)
         METHODS[name] = method
 
         @functools.wraps(fn)

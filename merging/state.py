@@ -1,7 +1,9 @@
-"""State-dict helpers shared by the whole library."""
+"""Helpers shared by the whole library: state dicts, its error type, and torch's thread count."""
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import torch
 
@@ -10,6 +12,17 @@ StateDict = dict[str, torch.Tensor]
 
 class MergeError(ValueError):
     """Bad input to the library: the message says what is wrong and nothing was changed."""
+
+
+QUOTE_LIMIT = 40  # characters of someone's input quoted back in a message
+
+
+def quoted(value: object, limit: int = QUOTE_LIMIT) -> str:
+    """`value` quoted for a message, cut short: a message never echoes a whole megabyte back."""
+    if isinstance(value, str):
+        return repr(value if len(value) <= limit else value[:limit] + "…")
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "…"
 
 
 def state_checksum(state: StateDict) -> str:
@@ -45,3 +58,16 @@ def check_same_keys(states: dict[str, StateDict]) -> None:
                     f"weight '{name}' has shape {tuple(tensor.shape)} in '{first_label}' "
                     f"but {tuple(other[name].shape)} in '{label}'"
                 )
+
+
+@contextmanager
+def torch_threads(count: int) -> Iterator[None]:
+    """Run the block with `count` intra-op threads (0: leave as is). Process-wide: callers run one computation at
+    a time (the service's turns)."""
+    before = torch.get_num_threads()
+    if count:
+        torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)

@@ -19,7 +19,7 @@ import torch
 from transformers import HubertConfig, HubertModel
 
 from ..audio import load_audio
-from ..benchmark import MODEL_NAMES
+from ..catalogue import MODEL_NAMES
 from ..checkpoint import save_encoder
 from ..encoders import load_encoder
 from ..synth import KEYWORDS, SAMPLE_RATE, Clip, music_jobs, render, require_tools, speech_jobs

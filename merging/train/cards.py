@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ..benchmark import random_init
+from ..encoders import random_init
 from ..encoders import load_encoder
 from ..probes import ProbeScores, ProbeSuite, builtin_suite
 from . import MODELS_DIR, RECIPES

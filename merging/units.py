@@ -8,7 +8,7 @@ import numpy as np
 
 from .align import Alignment, GroupAlignment
 from .features import Tap, activation_taps, activations, encoder_input, match_frames
-from .state import MergeError
+from .state import MergeError, quoted
 
 
 @dataclass(frozen=True)
@@ -34,15 +34,21 @@ def matched_scores(group: GroupAlignment, absolute: bool) -> np.ndarray:
 
 
 def pick_unit(group: GroupAlignment, which: str | int, absolute: bool) -> int:
-    """A speech unit of the group: 'best' or 'worst' matched, or its index."""
+    """A speech unit of the group: 'best' or 'worst' matched, or its index (a whole number, as text or a number)."""
     scores = matched_scores(group, absolute)
     if which == "best":
         return int(np.argmax(scores))
     if which == "worst":
         return int(np.argmin(scores))
-    if isinstance(which, str) and not which.strip().isdigit():
-        raise MergeError(f"unit: 'best', 'worst' or a unit index, not '{which}'")
-    unit = int(which)
+    text = which.strip() if isinstance(which, str) else None
+    if text is not None and text.isascii() and text.isdigit():
+        unit = int(text)
+    elif isinstance(which, int) and not isinstance(which, bool):
+        unit = which
+    elif isinstance(which, float) and which.is_integer():
+        unit = int(which)
+    else:
+        raise MergeError(f"unit: 'best', 'worst' or a whole unit index, not {quoted(which)}")
     if not 0 <= unit < len(scores):
         raise MergeError(f"{group.name} has units 0–{len(scores) - 1}, not {unit}")
     return unit
@@ -66,9 +72,7 @@ def unit_traces(speech, music, alignment: Alignment, name: str, unit: int, clip:
 
     `speech`/`music` are the encoders the alignment was computed on (the music one unpermuted); a
     query/key group is shown by its query projections."""
-    if name not in alignment.groups:
-        raise MergeError(f"no group '{name}' in this alignment")
-    group, absolute = alignment.groups[name], alignment.absolute
+    group, absolute = alignment.group(name), alignment.absolute
     perm = group.perm.numpy()
     if not 0 <= unit < len(perm):
         raise MergeError(f"{group.name} has units 0–{len(perm) - 1}, not {unit}")
