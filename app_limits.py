@@ -1,6 +1,6 @@
-"""Limits on what a client can make the server store (ASGI middlewares for the app): one upload request carries
-at most one file's worth of bytes, uploads wait while the app's files on disk are over the cap, and an exported
-zip is removed as soon as it has been downloaded whole."""
+"""ASGI middlewares of the app: limits on what a client can make the server store (one upload request carries at
+most one file's worth of bytes, uploads wait while the app's files on disk are over the cap, an exported zip is
+removed as soon as it has been downloaded whole), and the order in which requests arrived."""
 from __future__ import annotations
 
 import json
@@ -8,11 +8,9 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from merging.service.exports import folder_bytes
+
 MULTIPART_OVERHEAD = 64 * 2**10  # form boundaries and headers around the one file
-
-
-def folder_bytes(folder: Path) -> int:
-    return sum(f.stat().st_size for f in Path(folder).rglob("*") if f.is_file())
 
 
 class UploadLimit:
@@ -55,6 +53,26 @@ class UploadLimit:
         if time.monotonic() - when > 1:
             self._measured = (time.monotonic(), folder_bytes(self.folder))
         return self._measured[1]
+
+
+ARRIVAL_HEADER = b"x-merge-lab-arrival"
+
+
+class Arrivals:
+    """Stamps every request that joins Gradio's queue with `number()` (the order it reached the server) in an
+    `x-merge-lab-arrival` header, which its handler reads (`gr.Request.headers`): a person's newest release is
+    then the last to arrive, whichever thread starts first. A client's own header of that name is dropped."""
+
+    def __init__(self, app, *, number: Callable[[], int]) -> None:
+        self.app, self.number = app, number
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http":
+            headers = [(k, v) for k, v in scope["headers"] if k.lower() != ARRIVAL_HEADER]
+            if scope["method"] == "POST" and scope["path"].rstrip("/").endswith("/queue/join"):
+                headers.append((ARRIVAL_HEADER, str(self.number()).encode()))
+            scope = {**scope, "headers": headers}
+        await self.app(scope, receive, send)
 
 
 class DownloadOnce:

@@ -1,39 +1,33 @@
 """The merge panel's live scores on the page: a quick estimate first, then refined stages up to the full suite,
-each bar with its 95 % interval and test-clip count, the page saying which stage it shows."""
+each bar with its 95 % interval and test-clip count, the page saying which stage it shows, and the trade-off plot
+with the full-suite curves and this merge starred."""
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
+
+import gradio as gr
 
 import app_text
 from merging.live import LiveScores
-from merging.service.live_scores import LiveScoring, inputs_of
+from merging.service.scoring import point
+from merging.service.session import MergeRecipe
 from merging.stats import average_interval
-from viz.figures import tradeoff_curve
+from viz.figures import MERGED, MUSIC, SPEECH, probe_bars, tradeoff_curve
 
-STAGE_NOTE = {"quick": "quick estimate", "full": "full suite (the benchmark's scores)"}
-
-
-def stage_status(scores: LiveScores, refining: bool) -> str:
-    clips = f"{scores.clips:,} clips"
-    if scores.stage == "full":
-        return f"**stage: full suite** · {clips}, the benchmark's probes: final"
-    per_class = f"{scores.per_class} train / {scores.per_class} test clips per class"
-    note = "corrected by both inputs' full-suite scores; 95 % intervals"
-    return f"**stage: {STAGE_NOTE.get(scores.stage, scores.stage)}** · {per_class}, {clips} · {note}" + \
-        (" · refining…" if refining else "")
+BAR_COLOURS = {"speech": SPEECH, "music": MUSIC, "fine-tuned": MUSIC, "merged": MERGED}
+PROGRESS_SECONDS = 0.5  # between two progress lines while a stage computes (each lets the page stop the work)
 
 
-def bar_data(scoring: LiveScoring, session, scores: LiveScores) -> tuple[dict, dict, dict]:
+def bar_data(scoring, recipe: MergeRecipe, scores: LiveScores) -> tuple[dict, dict, dict]:
     """Scores, intervals and test-clip counts by bar name: the two inputs (full suite) and the merge (this stage)."""
-    merged = session.merged
-    roles = [role for role in merged.sources if role != "base"]
     values, intervals, counts = {}, {}, {}
-    for role, key in zip(roles, inputs_of(merged.recipe)):
-        parent = scoring.parent(key)
+    for role, key in recipe.ends:
+        full = scoring.parent(key).full_results
         name = app_text.display_role(role)
-        values[name] = dict(parent.full)
-        intervals[name] = {t: average_interval({t: r.correct}) for t, r in parent.full_results.items()}
-        counts[name] = {t: len(r.correct) for t, r in parent.full_results.items()}
+        values[name] = {t: r.accuracy for t, r in full.items()}
+        intervals[name] = {t: average_interval({t: r.correct}) for t, r in full.items()}
+        counts[name] = {t: len(r.correct) for t, r in full.items()}
         if len(values) == 1:  # the merge sits between its inputs
             values["merged"] = {t: round(e.score, 2) for t, e in scores.tasks.items()}  # as the summary gives them
             intervals["merged"] = {t: (e.low, e.high) for t, e in scores.tasks.items()}
@@ -41,32 +35,64 @@ def bar_data(scoring: LiveScoring, session, scores: LiveScores) -> tuple[dict, d
     return values, intervals, counts
 
 
-def curve(scoring: LiveScoring, session, sources: dict, scores: LiveScores):
-    """The full-suite linear and permute curves of the chosen speech/music pair (when computed), this merge starred
-    with its interval; before they exist, the session's own points."""
-    speech, music = (scores.average(d) for d in ("speech", "music"))
-    star = {"speech_avg": speech.score, "music_avg": music.score, "speech_interval": (speech.low, speech.high),
-            "music_interval": (music.low, music.high)}
-    curves = scoring.curves(sources.get("speech"), sources.get("music"))
-    if curves is None:
-        return tradeoff_curve(session.curve_points(), current=star,
-                              title=f"trade-off, this merge at stage {scores.stage} (full-suite curves being computed)")
-    return tradeoff_curve(curves, current=star, title=f"linear and permute over α (full suite), this merge: {scores.stage}")
+def bars(scoring, recipe: MergeRecipe, scores: LiveScores):
+    values, intervals, counts = bar_data(scoring, recipe, scores)
+    return probe_bars(values, scoring.domains, colours=BAR_COLOURS, intervals=intervals, test_clips=counts)
 
 
-def stream(scoring: LiveScoring, session, sources: dict, owner: str, merge_status: str, summary: dict,
-           bars, place) -> Iterator[tuple]:
-    """(session, status, bars, curve, summary) per stage of the session's merge, until the full suite or a newer
-    merge; `place(session, stage summary, the inputs' averages)` records each stage in the session (the Lab's
-    `with_stage`)."""
-    merged, ends = session.merged, None
-    for fraction, scores in scoring.stream(merged.recipe, merged.position, owner):
+def curves(service, session, sources: dict, recipe: MergeRecipe | None = None) -> tuple[dict, bool]:
+    """The full-suite curves to draw: linear and permute of the chosen speech/music pair, and `recipe`'s own family
+    when it is another; and whether every baseline point is scored."""
+    lab, scoring = service.lab, service.scoring
+    baseline = lab.curve_recipes(session, sources["speech"], sources["music"]) if sources.get("speech") else []
+    shown, complete = {}, True
+    for method in dict.fromkeys(r.method for r in baseline):
+        first = next(r for r in baseline if r.method == method)
+        shown[method] = [p.as_plot() for p in scoring.curve(first)]
+        complete = complete and len(scoring.book.curve(first)) >= sum(r.method == method for r in baseline)
+    if recipe is not None and recipe.placed is not None and not any(r.family == recipe.family for r in baseline):
+        shown[f"{recipe.method} (these settings)"] = [p.as_plot() for p in scoring.curve(recipe)]
+    return {name: points for name, points in shown.items() if points}, complete
+
+
+def curve_figure(service, session, sources: dict, recipe: MergeRecipe, scores: LiveScores):
+    """The trade-off plot with this merge starred at its stage, with its interval."""
+    drawn, complete = curves(service, session, sources, recipe)
+    placed = recipe.placed
+    star = point(placed[0] if placed else 0.5, placed[1] if placed else recipe.method, scores).as_plot()
+    note = "" if complete else " (full-suite curves being computed)"
+    return tradeoff_curve(drawn, current=star, title=f"speech/music trade-off (full suite), this merge: {scores.stage}{note}")
+
+
+def stage_status(scores: LiveScores, refining: bool, recipe: MergeRecipe) -> str:
+    clips = f"{scores.clips:,} clips"
+    if scores.stage == "full":
+        return f"**stage: full suite** · {clips}, the benchmark's probes: final"
+    per_class = f"{scores.per_class} train / {scores.per_class} test clips per class"
+    note = "corrected by both inputs' full-suite scores; 95 % intervals"
+    return (f"**stage: {app_text.STAGE_NAMES.get(scores.stage, scores.stage)}** · {per_class}, {clips} · {note}"
+            + app_text.placement_note(recipe) + (" · refining…" if refining else ""))
+
+
+def stream(service, session, sources: dict, lease, merged_line: str, summary: dict) -> Iterator[tuple]:
+    """(session, status, bars, curve, summary): the session with its new merge at once, then one per stage of the
+    merge until the full suite or a newer release; between stages, at most every PROGRESS_SECONDS, the status line
+    alone says how far it got (every yield is a point where the page can stop the work)."""
+    lab, scoring = service.lab, service.scoring
+    recipe, shown, said = session.merged.recipe, None, time.monotonic()
+    yield (session, f"{merged_line}  \n{app_text.progress_line(None, 0.0, scoring.inputs_known(recipe))}", gr.skip(),
+           gr.skip(), gr.skip())
+    for fraction, scores in scoring.stream(recipe, lease):
         if scores is None:
+            if time.monotonic() - said >= PROGRESS_SECONDS:
+                said = time.monotonic()
+                line = app_text.progress_line(shown, fraction, scoring.inputs_known(recipe))
+                yield gr.skip(), f"{merged_line}  \n{line}", gr.skip(), gr.skip(), gr.skip()
             continue
-        probes = f"{scores.stage}: {scores.clips} clips" + ("" if scores.stage == "full" else ", corrected by both inputs")
-        summary = {**summary, **scores.summary(), "probes": probes}
-        ends = ends or scoring.input_averages(merged.recipe)  # the inputs' scores are ready once a stage is
-        session = place(session, summary, ends)
-        values, intervals, counts = bar_data(scoring, session, scores)
-        status = f"{merge_status}  \n{stage_status(scores, fraction < 1.0)}"
-        yield session, status, bars(values, intervals, counts), curve(scoring, session, sources, scores), summary
+        shown = scores
+        summary = {**summary, **scores.summary(), "probes": app_text.probes_line(scores)}
+        session = lab.with_stage(session, summary)
+        status = f"{merged_line}  \n{stage_status(scores, fraction < 1.0, recipe)}"
+        said = time.monotonic()
+        yield (session, status, bars(scoring, recipe, scores), curve_figure(service, session, sources, recipe, scores),
+               summary)

@@ -1,16 +1,16 @@
-"""The app's teaching panels: units that fire together, the speech-over-music mixer, the timeline under a
-player. UI wiring only (merging.service.teaching does the work, viz.teach draws); built inside app.build_app."""
+"""The app's teaching panels: units that fire together (under the alignment) and the speech-over-music mixer.
+UI wiring only (merging.service.teaching does the work, viz.teach draws); built inside app.build_app."""
 from __future__ import annotations
-
-from collections.abc import Callable, Sequence
 
 import gradio as gr
 import numpy as np
 
 import app_text
+from app_encoders import sources
+from app_handlers import handler
 from merging.mixing import LEVEL_RANGE_DB
-from merging.service.controls import LAB_ROLES
-from viz.teach import mix_sweep_figure, timeline_strip, unit_traces_figure
+from merging.service.controls import DEFAULT_METHOD
+from viz.teach import mix_sweep_figure, unit_traces_figure
 
 ZOOMS = ["24", "48", "96", "all"]  # heatmap sizes: first N units, or every unit
 DEFAULT_ZOOM = "48"
@@ -32,16 +32,12 @@ def zoom_value(zoom: str | None) -> int | None:
     return int(zoom)
 
 
-def _sources(values: Sequence[str]) -> dict[str, str]:
-    return dict(zip(LAB_ROLES, values))
-
-
-def unit_panel(lab, wrap: Callable, session: gr.State, group: gr.Dropdown) -> tuple[Callable, list, list]:
+def unit_panel(teaching, session: gr.State, group: gr.Dropdown) -> tuple:
     """Controls and plot for one speech unit's traces; returns (handler, inputs, outputs) for chaining after an alignment."""
 
-    @wrap
+    @handler
     def show_units(session, group, unit, clip_index):
-        traces = lab.unit_traces(session, group, unit or "best", clip_index)
+        traces = teaching.unit_traces(session, group, unit or "best", clip_index)
         note = (f"speech unit {traces.speech_unit} ↔ matched music unit {traces.matched_unit}: "
                 f"r = {traces.calibration[0]:+.2f} on the calibration clips; music unit {traces.speech_unit} "
                 f"(same index): r = {traces.calibration[1]:+.2f}")
@@ -51,7 +47,7 @@ def unit_panel(lab, wrap: Callable, session: gr.State, group: gr.Dropdown) -> tu
     with gr.Row():
         unit = gr.Dropdown(["best", "worst"], value="best", allow_custom_value=True, elem_id="unit-chooser",
                            label="speech unit: best or worst matched, or type its index")
-        clip_index = gr.Slider(0, max(lab.calibration_clip_count() - 1, 1), value=0, step=1, elem_id="unit-clip",
+        clip_index = gr.Slider(0, max(teaching.calibration_clip_count() - 1, 1), value=0, step=1, elem_id="unit-clip",
                                label="calibration clip")
     traces = gr.Plot(label="activations over the clip", elem_id="unit-traces")
     note = gr.Markdown(elem_id="unit-note")
@@ -62,42 +58,26 @@ def unit_panel(lab, wrap: Callable, session: gr.State, group: gr.Dropdown) -> tu
     return show_units, inputs, outputs
 
 
-def timeline_panel(lab, wrap: Callable, session: gr.State, clip: gr.Audio, method, roles: list) -> tuple[Callable, list, list]:
-    """The strip of each encoder's top label over time, under the clip player (shown for clips over 2 s)."""
-
-    @wrap
-    def show_timeline(session, clip, method, *roles):
-        if not clip:
-            return gr.update(visible=False)
-        timeline = lab.timeline(session, _sources(roles), clip, method)
-        if timeline is None:
-            return gr.update(value=None, visible=False)
-        return gr.update(value=timeline_strip(timeline.starts, timeline.window, timeline.seconds,
-                                              app_text.by_display_role(timeline.tops)), visible=True)
-
-    plot = gr.Plot(label="what each encoder hears over time", elem_id="timeline", visible=False)
-    return show_timeline, [session, clip, method, *roles], [plot]
-
-
-def mixer_panel(lab, wrap: Callable, session: gr.State, method, roles: list) -> None:
+def mixer_panel(teaching, session: gr.State, method: gr.Radio, encoders) -> None:
     """Section: a keyword under an instrument at a chosen level, read by the three encoders' probes."""
-    speech_choices = [clip.label for clip in lab.mix_choices("speech")]
-    music_choices = [clip.label for clip in lab.mix_choices("music")]
+    speech_choices = [clip.label for clip in teaching.mix_choices("speech")]
+    music_choices = [clip.label for clip in teaching.mix_choices("music")]
     music_default = next((label for label in music_choices if label.startswith(DEFAULT_MUSIC)), music_choices[0])
 
-    @wrap
-    def run_mix(session, speech, music, level, speech_upload=None, music_upload=None, method="permute", *roles):
-        mixed, report = lab.mix(session, _sources(roles), speech, music, level, speech_upload=speech_upload,
-                                music_upload=music_upload, method=method)
+    @handler
+    def run_mix(session, keyword, instrument, level, speech_upload=None, music_upload=None, method=DEFAULT_METHOD,
+                **chosen):
+        mixed, report = teaching.mix(session, sources(chosen), keyword, instrument, level, speech_upload=speech_upload,
+                                     music_upload=music_upload, method=method)
         pcm = np.round(mixed * 32767).astype(np.int16)  # as heard by the probes: gradio rescales float audio to full scale
-        return (lab.bench.suite.sample_rate, pcm), app_text.clip_table(report), app_text.clip_status(report)
+        return (teaching.sample_rate, pcm), app_text.clip_table(report), app_text.clip_status(report)
 
-    @wrap
-    def run_mix_sweep(session, speech, music, level, speech_upload=None, music_upload=None, method="permute", *roles,
-                      progress=gr.Progress()):
+    @handler
+    def run_mix_sweep(session, keyword, instrument, level, speech_upload=None, music_upload=None, method=DEFAULT_METHOD,
+                      progress=gr.Progress(), **chosen):
         progress(0, desc="mixing at every level")
-        sweep = lab.mix_sweep(session, _sources(roles), speech, music, speech_upload=speech_upload,
-                              music_upload=music_upload, method=method)
+        sweep = teaching.mix_sweep(session, sources(chosen), keyword, instrument, speech_upload=speech_upload,
+                                   music_upload=music_upload, method=method)
         curves = app_text.by_display_role({role: c for role, c in sweep.curves.items() if c is not None})
         labels = " · ".join(f"{task}: {label}" for task, label in sweep.truths.items())
         return mix_sweep_figure(sweep.levels, curves, sweep.truths, current=level), f"followed: {labels} ({sweep.truth_note})"
@@ -122,13 +102,14 @@ def mixer_panel(lab, wrap: Callable, session: gr.State, method, roles: list) -> 
             mixed = gr.Audio(label="the mix", type="numpy", interactive=False, elem_id="mix-audio")
         with gr.Column(scale=3):
             table = gr.Dataframe(label="top prediction per task", interactive=False, elem_id="mix-predictions",
-                                 headers=["task", "speech", "merged", "music"], wrap=True)
+                                 headers=app_text.CLIP_HEADERS, wrap=True)
             status = gr.Markdown(elem_id="mix-status")
             sweep_plot = gr.Plot(label="confidence against the music level", elem_id="mix-sweep")
             sweep_note = gr.Markdown(elem_id="mix-sweep-note")
-    inputs = [session, speech, music, level, speech_upload, music_upload, method, *roles]
-    mix_button.click(run_mix, inputs, [mixed, table, status], api_name="mix", concurrency_id="lab")
+    inputs, roles = [session, speech, music, level, speech_upload, music_upload, method], encoders.kwargs()
+    mix_button.click(run_mix, inputs, [mixed, table, status], inputs_kwargs=roles, api_name="mix", concurrency_id="lab")
     for trigger in (level.release, speech.input, music.input):
-        trigger(run_mix, inputs, [mixed, table, status], api_visibility="private", trigger_mode="always_last",
-                concurrency_id="lab")
-    sweep_button.click(run_mix_sweep, inputs, [sweep_plot, sweep_note], api_name="mix_sweep", concurrency_id="lab")
+        trigger(run_mix, inputs, [mixed, table, status], inputs_kwargs=roles, api_visibility="private",
+                trigger_mode="always_last", concurrency_id="lab")
+    sweep_button.click(run_mix_sweep, inputs, [sweep_plot, sweep_note], inputs_kwargs=roles, api_name="mix_sweep",
+                       concurrency_id="lab")

@@ -3,9 +3,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+from merging.methods import get_method
 from merging.service.alignment_summary import mean_matched
 from merging.service.lab import EncoderRow
-from merging.service.session import ClipReport, MergeResult
+from merging.service.session import ClipReport, MergeRecipe, MergeResult
 
 ROLE_TITLES = {
     "speech": "speech encoder",
@@ -16,7 +17,9 @@ ROLE_TITLES = {
     "speech_ft": "fine-tuned speech encoder",
 }
 ENCODER_HEADERS = ["role", "encoder", "parameters", "sample rate", "device"]
+CLIP_HEADERS = ["task", "speech", "merged", "music"]
 NO_MERGE = "merge first (step 3)"
+STAGE_NAMES = {"quick": "quick estimate", "full": "full suite (the benchmark's scores)"}
 
 
 def display_role(role: str) -> str:
@@ -47,14 +50,41 @@ def merged_line(merged: MergeResult) -> str:
 
 
 def merge_summary(merged: MergeResult) -> dict:
-    """The JSON summary of a merge (the /merge endpoint's fourth output), before the live stages add its scores."""
+    """The JSON summary of a merge (the /merge endpoint's fourth output), before the live stages add its scores:
+    every argument (defaults included) and where the merge sits on the speech–music axis."""
+    placed = merged.recipe.placed
+    placement = get_method(merged.method).placement
     return {
         "method": merged.method,
         "params": merged.params,
         "inputs": merged.sources,
         "device": merged.device,
         "merge_seconds": round(merged.merge_seconds, 3),
+        "position": None if placed is None else {"value": round(placed[0], 4), "label": placed[1],
+                                                 "meaning": "between its inputs" if placement.exact else "a label only"},
     }
+
+
+def placement_note(recipe: MergeRecipe) -> str:
+    """What the quick stages' correction rests on, when the merge's position is not a point between its inputs."""
+    placement = get_method(recipe.method).placement
+    if placement is None:
+        return " · not placed between its inputs: corrected by their mean gap"
+    if not placement.exact:
+        return " · its position (λ music's share) is a label, not a point between its inputs"
+    return ""
+
+
+def probes_line(scores) -> str:
+    return f"{scores.stage}: {scores.clips} clips" + ("" if scores.stage == "full" else ", corrected by both inputs")
+
+
+def progress_line(shown, fraction: float, inputs_known: bool) -> str:
+    """The status while a stage computes: before the first answer, or refining after it."""
+    if shown is None:
+        return "**computing the quick estimate…**" + ("" if inputs_known else
+                                                     " (scoring the inputs on the full suite first: once per encoder)")
+    return f"**stage: {STAGE_NAMES.get(shown.stage, shown.stage)}** · refining… {fraction:.0%} of the suite's clips"
 
 
 def by_display_role(scores: Mapping[str, dict]) -> dict[str, dict]:

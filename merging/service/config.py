@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..benchmark import MODELS_DIR
+from ..catalogue import MODELS_DIR
 
 PAPER_HUB_ENCODERS = ("facebook/hubert-base-ls960", "m-a-p/MERT-v0-public")
 
@@ -20,19 +20,17 @@ class LabConfig:
     device: str = "auto"
     max_clip_seconds: float = 30.0
     max_upload_bytes: int = 20 * 2**20
-    live_train: int = 32  # probe clips per task used to fit the live probes (the benchmark uses all)
-    live_test: int = 16  # ... and to score them
     calibration_limit: int | None = None
-    feature_batch: int = 8  # clips per forward pass: small batches stay in cache (fastest on 2 cores)
-    fit_iterations: int = 30  # L-BFGS iterations per live probe (the benchmark: 100)
+    fit_iterations: int = 30  # L-BFGS iterations per probe below the full suite (the full suite: the benchmark's 100)
+    quick_seconds: float = 2.0  # the first answer's time budget: its stage is the largest that fits
     threads: int = 0  # torch threads for feature extraction (0: torch's default)
     max_disk_bytes: int = 2 * 2**30  # the app's files on disk: uploads, Gradio's copies and exports together
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] = os.environ) -> LabConfig:
         """MERGE_LAB_MODELS, MERGE_LAB_ENCODERS (comma-separated; on a Space the paper's two hub encoders by
-        default), MERGE_LAB_DEVICE, MERGE_LAB_MAX_UPLOAD_MB, MERGE_LAB_LIVE_TRAIN, MERGE_LAB_LIVE_TEST,
-        MERGE_LAB_CALIBRATION_LIMIT, MERGE_LAB_FIT_ITERATIONS, MERGE_LAB_THREADS, MERGE_LAB_DISK_MB."""
+        default), MERGE_LAB_DEVICE, MERGE_LAB_MAX_UPLOAD_MB, MERGE_LAB_CALIBRATION_LIMIT, MERGE_LAB_FIT_ITERATIONS,
+        MERGE_LAB_QUICK_SECONDS, MERGE_LAB_THREADS, MERGE_LAB_DISK_MB."""
         default_extra = ",".join(PAPER_HUB_ENCODERS) if environ.get("SPACE_ID") else ""
         extra = tuple(s.strip() for s in environ.get("MERGE_LAB_ENCODERS", default_extra).split(",") if s.strip())
         limit = environ.get("MERGE_LAB_CALIBRATION_LIMIT")
@@ -41,10 +39,9 @@ class LabConfig:
             extra_encoders=extra,
             device=environ.get("MERGE_LAB_DEVICE", "auto"),
             max_upload_bytes=int(float(environ.get("MERGE_LAB_MAX_UPLOAD_MB", 20)) * 2**20),
-            live_train=int(environ.get("MERGE_LAB_LIVE_TRAIN", cls.live_train)),
-            live_test=int(environ.get("MERGE_LAB_LIVE_TEST", cls.live_test)),
             calibration_limit=int(limit) if limit else None,
             fit_iterations=int(environ.get("MERGE_LAB_FIT_ITERATIONS", cls.fit_iterations)),
+            quick_seconds=float(environ.get("MERGE_LAB_QUICK_SECONDS", cls.quick_seconds)),
             threads=int(environ.get("MERGE_LAB_THREADS", cls.threads)),
             max_disk_bytes=int(float(environ.get("MERGE_LAB_DISK_MB", cls.max_disk_bytes / 2**20)) * 2**20),
         )

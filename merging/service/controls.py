@@ -1,39 +1,16 @@
-"""The page's controls as library values: which chosen encoder fills each input of a method, the text of
-the per-layer α box, and the sliders as a method's checked arguments (from the method registry)."""
+"""The page's controls as library values: which chosen encoder fills each input of a method, and the controls'
+values (one per registry parameter, per-layer values as text) as a method's checked arguments."""
 from __future__ import annotations
 
 import math
 import re
 from collections.abc import Mapping
 
-from ..methods import METHODS
-from ..registry import get_method, method_arguments
-from ..state import MergeError
+from ..catalogue import method_roles
+from ..registry import all_params, method_arguments
+from ..state import MergeError, quoted
 
-# The encoders a person chooses, by lab role (the app titles them).
-LAB_ROLES = ("speech", "music", "student_base", "student_speech", "student_music", "speech_ft")
-_PLAIN_ROLES = {"speech": "speech", "music": "music", "pretrained": "speech", "finetuned": "speech_ft"}
-SWEEP_ALPHAS = (0.1, 0.25, 0.5, 0.75)
-SWEEP_LAMBDAS = ((0.9, 0.1), (0.75, 0.25), (0.5, 0.5), (0.25, 0.75), (0.1, 0.9))
-QUOTE_LIMIT = 40  # characters of a person's input quoted back in a message
-
-
-def method_roles(method: str) -> dict[str, str]:
-    """Method input role -> the lab role whose chosen encoder fills it: task-vector methods take the students
-    and their base, the others the full encoders (the fine-tuned copy for `finetuned`)."""
-    declared = get_method(method)
-    return {role: f"student_{role}" if declared.task_vector else _PLAIN_ROLES[role] for role in declared.inputs}
-
-
-METHOD_ROLES: dict[str, dict[str, str]] = {name: method_roles(name) for name in METHODS}
-# Methods whose trade-off is one interpolation weight α from the first input (α=0) to the second (α=1).
-ALPHA_METHODS = tuple(name for name, method in METHODS.items() if method.interpolates)
-
-
-def quoted(text: object, limit: int = QUOTE_LIMIT) -> str:
-    """`text` quoted for a message, cut short: a message never echoes a whole megabyte back."""
-    text = str(text)
-    return repr(text if len(text) <= limit else text[:limit] + "…")
+DEFAULT_METHOD = "permute"  # the method the page starts with
 
 
 def method_inputs(method: str, sources: Mapping[str, str | None]) -> dict[str, str]:
@@ -47,32 +24,43 @@ def method_inputs(method: str, sources: Mapping[str, str | None]) -> dict[str, s
     return inputs
 
 
-def parse_layer_alphas(text: str | None) -> list[float] | None:
-    """'0.1, 0.2 0.3' -> [0.1, 0.2, 0.3]; empty -> None (one α everywhere)."""
+def parse_layer_values(text: str | None, label: str = "per-layer α", pairs: bool = False) -> list | None:
+    """'0.1, 0.2 0.3' -> [0.1, 0.2, 0.3] (pairs: '0.9/0.1, 0.5:0.5' -> [(0.9, 0.1), (0.5, 0.5)]); empty -> None."""
     parts = [p for p in re.split(r"[,\s;]+", (text or "").strip()) if p]
     if not parts:
         return None
-    values = []
-    for part in parts:
-        try:
-            value = float(part)
-        except ValueError:
-            raise MergeError(f"per-layer α: {quoted(part)} is not a number") from None
-        if not math.isfinite(value):
-            raise MergeError(f"per-layer α: {quoted(part)} is not a finite number")
-        values.append(value)
-    return values
+    return [_pair(part, label) if pairs else _number(part, label) for part in parts]
 
 
-def merge_params(method: str, alpha: float, lambda_speech: float, lambda_music: float,
-                 layer_alphas: list[float] | None = None) -> dict:
-    """The page's controls as the named method's checked arguments (each method takes only its own)."""
-    return method_arguments(method, {"alpha": alpha, "lambda_speech": lambda_speech, "lambda_music": lambda_music,
-                                     "layer_alphas": layer_alphas})
+def _number(part: str, label: str) -> float:
+    try:
+        value = float(part)
+    except ValueError:
+        raise MergeError(f"{label}: {quoted(part)} is not a number") from None
+    if not math.isfinite(value):
+        raise MergeError(f"{label}: {quoted(part)} is not a finite number")
+    return value
 
 
-def sweep_settings(method: str) -> list[dict]:
-    """The settings that fill a method's trade-off curve: α from 0.1 to 0.75, or λ pairs summing to 1."""
-    if method in ALPHA_METHODS:
-        return [{"alpha": a} for a in SWEEP_ALPHAS]
-    return [{"lambda_speech": s, "lambda_music": m} for s, m in SWEEP_LAMBDAS]
+def _pair(part: str, label: str) -> tuple[float, float]:
+    values = re.split(r"[/:]", part)
+    if len(values) != 2:
+        raise MergeError(f"{label}: {quoted(part)} is not a speech/music pair such as 0.9/0.1")
+    return _number(values[0], label), _number(values[1], label)
+
+
+def merge_params(method: str, controls: Mapping[str, object]) -> dict:
+    """The page's controls (by parameter name; per-layer values may be text) as the named method's checked
+    arguments: each method takes only its own (see `registry.method_arguments`)."""
+    kinds = {name: uses[0][1] for name, uses in all_params().items()}
+    values = {}
+    for name, value in controls.items():
+        param = kinds.get(name)
+        if param is None:
+            raise MergeError(f"no merge method has a parameter {quoted(name)}")
+        if param.kind in ("floats", "pairs") and (isinstance(value, str) or value is None):
+            value = parse_layer_values(value, param.label, pairs=param.kind == "pairs")
+        elif param.kind == "int" and isinstance(value, float) and value.is_integer():
+            value = int(value)  # a slider sends 3.0 for 3 (2.5 stays refused)
+        values[name] = value
+    return method_arguments(method, values)

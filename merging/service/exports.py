@@ -7,6 +7,11 @@ import weakref
 from pathlib import Path
 
 
+def folder_bytes(folder: Path) -> int:
+    """Bytes of the files under `folder`."""
+    return sum(f.stat().st_size for f in Path(folder).rglob("*") if f.is_file())
+
+
 class ExportFolder:
     """One sub-folder per export under a private temporary root (inside `parent` when given: the app puts it
     in Gradio's cache, so the zip is served without a second copy); beyond `keep` exports or `max_bytes`
@@ -32,7 +37,7 @@ class ExportFolder:
         return True
 
     def bytes(self) -> int:
-        return sum(f.stat().st_size for f in self.root.rglob("*") if f.is_file())
+        return folder_bytes(self.root)
 
     def prune(self, keep: int | None = None) -> None:
         folders = sorted(self.root.iterdir(), key=lambda p: p.stat().st_mtime)

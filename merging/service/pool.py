@@ -63,15 +63,3 @@ class ModelPool:
                     fill(weights_of(model))
                 self._holding[key] = tag
             yield Encoder(model, like.sample_rate, like.normalize, name, "merge lab")
-
-
-@contextmanager
-def torch_threads(count: int) -> Iterator[None]:
-    """Run the block with `count` intra-op threads (0: leave as is). Process-wide: callers hold the Lab's lock."""
-    before = torch.get_num_threads()
-    if count:
-        torch.set_num_threads(count)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)

@@ -3,12 +3,22 @@ weights: the service rebuilds a merge's weights from its recipe when they are ne
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field, replace
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
 
 import torch
 
 from ..align import Alignment
-from .controls import ALPHA_METHODS
+from ..registry import get_method
+from ..state import MergeError
+
+
+def ends(inputs: Mapping[str, str]) -> tuple[tuple[str, str], tuple[str, str]]:
+    """(role, encoder key) of a merge's two ends: its inputs other than a task-vector base."""
+    found = [(role, key) for role, key in inputs.items() if role != "base"]
+    if len(found) != 2:
+        raise MergeError(f"a merge between two encoders is expected, not of {', '.join(role for role, _ in found)}")
+    return found[0], found[1]
 
 
 def permutations_only(alignment: Alignment) -> Alignment:
@@ -19,18 +29,51 @@ def permutations_only(alignment: Alignment) -> Alignment:
 
 @dataclass(frozen=True)
 class MergeRecipe:
-    """What a merge is made of: rebuilding from it gives the same weights, bit for bit."""
+    """What a merge is made of: rebuilding from it gives the same weights, bit for bit. Its `key` names its content
+    (the inputs by checksum, the method, every argument, the alignment), so equal keys mean equal merges."""
 
     method: str
     params: dict  # the method's checked arguments, as the page gave them
     inputs: dict[str, str]  # method input role -> encoder key
+    checksums: tuple[tuple[str, str], ...]  # (role, checksum of its encoder's weights)
     alignment: Alignment | None = None  # permutations only, for a method that aligns an input
-    alignment_key: tuple | None = None  # what the alignment was computed from (the service's cache key)
+    alignment_key: tuple | None = None  # what the alignment was computed from (checksums and settings)
     allow_rate_mismatch: bool = False  # merged although the inputs' sample rates differ, as asked
 
     @property
     def key(self) -> str:
-        return json.dumps([self.method, self.params, sorted(self.inputs.items()), self.alignment_key], default=str)
+        return json.dumps([self.method, self.arguments, self.checksums, self.alignment_key], default=str)
+
+    @property
+    def arguments(self) -> dict:
+        """Every argument, defaults filled in (two recipes that differ only by an unset default are one merge)."""
+        return {**get_method(self.method).defaults, **self.params}
+
+    @property
+    def family(self) -> str:
+        """The recipe without where it sits on the speech–music axis: the merges that draw one curve."""
+        placement = get_method(self.method).placement
+        moving = set(placement.params) if placement else set()
+        others = {name: value for name, value in self.arguments.items() if name not in moving}
+        return json.dumps([self.method, others, self.checksums, self.alignment_key], default=str)
+
+    @property
+    def placed(self) -> tuple[float, str] | None:
+        """(position on the speech–music axis, label), or None for a method that does not place its merges."""
+        return get_method(self.method).place(self.params)
+
+    @property
+    def position(self) -> float | None:
+        placed = self.placed
+        return None if placed is None else placed[0]
+
+    @property
+    def ends(self) -> tuple[tuple[str, str], tuple[str, str]]:
+        return ends(self.inputs)
+
+    def at(self, **params) -> MergeRecipe:
+        """The same recipe with other arguments (e.g. another α on its curve)."""
+        return replace(self, params={**self.params, **params})
 
 
 @dataclass(frozen=True)
@@ -55,11 +98,6 @@ class MergeResult:
     def sources(self) -> dict[str, str]:
         return self.recipe.inputs
 
-    @property
-    def position(self) -> float:
-        """Where it sits between its two inputs (0: the first): α, or the music λ's share."""
-        return tradeoff_position(self.method, self.params)[0]
-
 
 @dataclass(frozen=True)
 class LabSession:
@@ -69,25 +107,7 @@ class LabSession:
     alignment_key: tuple | None = None
     alignment_pair: tuple[str, str] | None = None  # (speech key, music key) it was computed for
     merged: MergeResult | None = None
-    curves: dict[str, tuple[tuple, tuple[dict, ...]]] = field(default_factory=dict)  # method -> (sources, points)
-
-    def curve_points(self) -> dict[str, list[dict]]:
-        return {method: sorted(points, key=lambda p: p["alpha"]) for method, (_, points) in self.curves.items()}
-
-
-def tradeoff_position(method: str, params: dict) -> tuple[float, str]:
-    """A merge's x on the speech/music trade-off plane (α, or λ music's share) and its short label."""
-    if method in ALPHA_METHODS:
-        label = f"α={params['alpha']:g}" + (" (per layer)" if params.get("layer_alphas") else "")
-        return params["alpha"], label
-    ls, lm = params["lambda_speech"], params["lambda_music"]
-    return (lm / (ls + lm) if ls + lm else 0.5), f"λ={ls:g}/{lm:g}"
-
-
-def tradeoff_point(method: str, params: dict, speech_avg: float, music_avg: float) -> dict:
-    """A merge on the speech/music trade-off plane, with its speech and music probe averages."""
-    x, label = tradeoff_position(method, params)
-    return {"alpha": x, "label": label, "speech_avg": speech_avg, "music_avg": music_avg}
+    previous: MergeResult | None = None  # the merge before `merged` (what "better than my last one" compares with)
 
 
 @dataclass(frozen=True)

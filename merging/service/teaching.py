@@ -1,6 +1,6 @@
-"""The teaching panels' service: units that fire together, the speech-over-music mixer and its level sweep,
-and what each encoder hears over time. A mixin of `Lab`: thin methods over merging.teach, .mixing and
-.listen that pick the session's encoders and probes and hold the lab's compute lock."""
+"""The teaching and listening panels' service: what each encoder's probes hear in a clip (and over time), the
+speech-over-music mixer and its level sweep, and units that fire together. Thin methods over merging.listen,
+.mixing and .units that pick the session's encoders and the scorer's probes and take the runner's turns."""
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
@@ -12,10 +12,10 @@ import numpy as np
 from ..audio import load_audio
 from ..listen import Reading, confidence, read, top_labels, windows
 from ..mixing import MAX_MIX_SECONDS, SWEEP_LEVELS_DB, BuiltinClip, builtin_clips, mix
-from ..state import MergeError
-from ..teach import UnitTraces, pick_unit, unit_traces
+from ..state import MergeError, quoted
+from ..units import UnitTraces, pick_unit, unit_traces
 from .controls import method_inputs
-from .session import ClipReport, LabSession
+from .session import ClipReport, LabSession, ends
 
 TIMELINE_MIN_SECONDS = 2.0  # shorter clips are one probe window: nothing changes over time
 
@@ -46,52 +46,91 @@ class Timeline:
 
 
 class Teaching:
-    """Mixed into `Lab` (which provides the registry, the probes, the pooled models and the compute lock)."""
+    """Shared by every session: the lab's encoders and runner, the scorer's probes (the benchmark suite's)."""
+
+    def __init__(self, lab, scoring) -> None:
+        self.lab, self.scoring = lab, scoring
+
+    @property
+    def sample_rate(self) -> int:
+        return self.scoring.live.suite.sample_rate
+
+    @property
+    def tasks(self):
+        return self.scoring.live.suite.tasks
 
     # units that fire together
 
     def calibration_clip_count(self) -> int:
-        return len(self.calibration()[0])
+        return len(self.lab.calibration()[0])
 
     def unit_traces(self, session: LabSession, group: str, unit: str | int = "best", clip_index: int = 0) -> UnitTraces:
         """Speech unit `unit` of `group` ('best', 'worst' or an index), its matched music unit and the music unit
         at its index before the permutation, over calibration clip `clip_index`."""
-        alignment = self.alignment_view(session)
-        if group not in alignment.groups:
-            raise MergeError(f"no group '{group}' in this alignment")
-        clips, _ = self.calibration()
+        alignment = self.lab.alignment_view(session)
+        chosen = alignment.group(group)
+        clips, _ = self.lab.calibration()
         if isinstance(clip_index, bool) or not isinstance(clip_index, (int, float)) or not 0 <= clip_index < len(clips) \
                 or clip_index != int(clip_index):
             raise MergeError(f"calibration clip: a whole number from 0 to {len(clips) - 1}")
-        index = pick_unit(alignment.groups[group], unit, alignment.absolute)
+        index = pick_unit(chosen, unit, alignment.absolute)
         speech_key, music_key = session.alignment_pair
-        with self._computing():
-            return unit_traces(self.registry.get(speech_key), self.registry.get(music_key), alignment, group, index,
-                               clips[int(clip_index)], self.bench.suite.sample_rate)
+        with self.lab.runner.turn():
+            return unit_traces(self.lab.encoders.get(speech_key), self.lab.encoders.get(music_key), alignment, group,
+                               index, clips[int(clip_index)], self.sample_rate)
 
     # what each encoder hears
+
+    def _columns(self, session: LabSession, sources: Mapping[str, str | None], method: str):
+        """(role, key) of the merge's first input, ("merged", None) and its second input: the merge's, or the chosen
+        method's before any merge."""
+        merged = session.merged
+        first, second = ends(merged.sources if merged else method_inputs(method, sources))
+        return first, ("merged", None), second
 
     def _hearing(self, session: LabSession, sources: Mapping[str, str | None], method: str
                  ) -> Iterator[tuple[str, object, dict | None]]:
         """(column, running encoder, probes) for the merge's first input, the merge and its second input; the
-        merge's column yields (\"merged\", None, None) before any merge. Callers hold `_computing()`; each
-        encoder is valid until the next item."""
+        merge's column yields ("merged", None, None) before any merge. Each encoder is valid until the next item;
+        probes are fetched before the turn (they may have to be computed, in turns of their own)."""
         merged = session.merged
-        inputs = merged.sources if merged else method_inputs(method, sources)
-        first, second = [(role, key) for role, key in inputs.items() if role != "base"]
-        for role, key in (first, ("merged", None), second):
+        for role, key in self._columns(session, sources, method):
             if key is None and merged is None:
                 yield role, None, None
                 continue
-            probes = self.fitted(merged.recipe)[0] if key is None else self.reference(key)[0]
-            with (self.loaded(merged.recipe) if key is None else self._running(key)) as running:
+            probes = self.scoring.probes(merged.recipe) if key is None else self.scoring.input_probes(key)
+            with self.lab.runner.turn(), (self.lab.loaded(merged.recipe) if key is None else self.lab.running(key)) as running:
                 yield role, running, probes
 
     def _read_all(self, session, sources, method, clips: list[np.ndarray]) -> dict[str, list[Reading] | None]:
-        suite = self.bench.suite
-        with self._computing():
-            return {role: read(running, probes, suite.tasks, clips, suite.sample_rate) if running else None
-                    for role, running, probes in self._hearing(session, sources, method)}
+        return {role: read(running, probes, self.tasks, clips, self.sample_rate) if running else None
+                for role, running, probes in self._hearing(session, sources, method)}
+
+    def read_upload(self, path: str | Path | None, max_seconds: float | None = None) -> tuple[np.ndarray, dict]:
+        """An uploaded clip at the probes' rate (at most `max_seconds`, default the lab's clip limit); MergeError for
+        none, one over the upload limit, or one under 0.1 s."""
+        if not path:
+            raise MergeError("no clip: upload or record one, or pick an example")
+        path, limit = Path(path), self.lab.config.max_upload_bytes
+        if path.is_file() and path.stat().st_size > limit:
+            raise MergeError(f"{path.name} is {path.stat().st_size / 2**20:.1f} MB; the limit is {limit / 2**20:g} MB")
+        clip, info = load_audio(path, self.sample_rate, max_seconds=max_seconds or self.lab.config.max_clip_seconds)
+        if len(clip) < self.sample_rate // 10:
+            raise MergeError(f"{path.name}: {len(clip) / self.sample_rate:.2f} s is too short (at least 0.1 s)")
+        return clip, info
+
+    def probe_clip(self, session: LabSession, sources: Mapping[str, str | None], path: str | Path | None,
+                   method: str) -> ClipReport:
+        """Class probabilities per task of the merged encoder beside its two inputs, for an uploaded clip."""
+        clip, info = self.read_upload(path)
+        readings = self._read_all(session, sources, method, [clip])
+        return self._report(session, sources, method, readings, info["name"], len(clip), tuple(info["warnings"]))
+
+    def _report(self, session, sources, method, readings, name: str, samples: int, warnings=()) -> ClipReport:
+        first, _, second = self._columns(session, sources, method)
+        return ClipReport((first, second), tuple(task.name for task in self.tasks),
+                          {role: r[0] if r else None for role, r in readings.items()}, name,
+                          samples / self.sample_rate, warnings)
 
     # the mixer
 
@@ -101,43 +140,33 @@ class Teaching:
 
     def _mix_source(self, kind: str, choice: str | None, upload: str | Path | None) -> MixSource:
         """An upload when there is one, else the built-in clip whose menu label is `choice`."""
-        rate = self.bench.suite.sample_rate
         if upload:
-            path = Path(upload)
-            if path.is_file() and path.stat().st_size > self.config.max_upload_bytes:
-                raise MergeError(f"{path.name} is over the {self.config.max_upload_bytes / 2**20:g} MB upload limit")
-            clip, info = load_audio(path, rate, max_seconds=MAX_MIX_SECONDS)
+            clip, info = self.read_upload(upload, MAX_MIX_SECONDS)
             return MixSource(clip, info["name"], {})
         clips = {clip.label: clip for clip in self.mix_choices(kind)}
         if choice not in clips:
-            raise MergeError(f"no built-in {kind} clip {choice!r}: choose one from the list or upload one")
-        return MixSource(load_audio(clips[choice].path, rate)[0], choice, clips[choice].truth)
+            raise MergeError(f"no built-in {kind} clip {quoted(choice)}: choose one from the list or upload one")
+        return MixSource(load_audio(clips[choice].path, self.sample_rate)[0], choice, clips[choice].truth)
 
     def mix(self, session: LabSession, sources: Mapping[str, str | None], speech: str | None, music: str | None,
             level_db: float, *, speech_upload: str | None = None, music_upload: str | None = None,
-            method: str = "permute") -> tuple[np.ndarray, ClipReport]:
+            method: str) -> tuple[np.ndarray, ClipReport]:
         """The speech clip with the music clip `level_db` above it (RMS), and what each encoder's probes hear."""
         speech_side = self._mix_source("speech", speech, speech_upload)
         music_side = self._mix_source("music", music, music_upload)
-        rate = self.bench.suite.sample_rate
-        mixed = mix(speech_side.clip, music_side.clip, level_db, rate)
+        mixed = mix(speech_side.clip, music_side.clip, level_db, self.sample_rate)
         readings = self._read_all(session, sources, method, [mixed])
-        inputs = session.merged.sources if session.merged else method_inputs(method, sources)
-        first, second = [(role, key) for role, key in inputs.items() if role != "base"]
         name = f"{speech_side.name} + {music_side.name} at {level_db:+g} dB"
-        return mixed, ClipReport((first, second), tuple(t.name for t in self.bench.suite.tasks),
-                                 {role: r[0] if r else None for role, r in readings.items()}, name,
-                                 len(mixed) / rate, ())
+        return mixed, self._report(session, sources, method, readings, name, len(mixed))
 
     def mix_sweep(self, session: LabSession, sources: Mapping[str, str | None], speech: str | None, music: str | None,
-                  *, speech_upload: str | None = None, music_upload: str | None = None, method: str = "permute",
+                  *, speech_upload: str | None = None, music_upload: str | None = None, method: str,
                   levels=SWEEP_LEVELS_DB) -> LevelSweep:
         """Each encoder's probability of the true keyword and the true instrument in mixes at every level. For an
         upload the 'true' label is what the speech (music) encoder's probe hears in that clip alone."""
         speech_side = self._mix_source("speech", speech, speech_upload)
         music_side = self._mix_source("music", music, music_upload)
-        rate = self.bench.suite.sample_rate
-        clips = [mix(speech_side.clip, music_side.clip, float(level), rate) for level in levels]
+        clips = [mix(speech_side.clip, music_side.clip, float(level), self.sample_rate) for level in levels]
         sides = {"keyword": (0, speech_side), "instrument_family": (-1, music_side)}  # column of the side's encoder
         alone = {}
         for task, (_, side) in sides.items():
@@ -157,19 +186,13 @@ class Teaching:
     # over time
 
     def timeline(self, session: LabSession, sources: Mapping[str, str | None], path: str | Path | None,
-                 method: str = "permute") -> Timeline | None:
+                 method: str) -> Timeline | None:
         """Each encoder's top label per task over 1 s windows of a clip longer than TIMELINE_MIN_SECONDS (else None)."""
-        if not path:
-            raise MergeError("no clip: upload or record one, or pick an example")
-        path = Path(path)
-        if path.is_file() and path.stat().st_size > self.config.max_upload_bytes:
-            raise MergeError(f"{path.name} is over the {self.config.max_upload_bytes / 2**20:g} MB upload limit")
-        rate = self.bench.suite.sample_rate
-        clip, _ = load_audio(path, rate, max_seconds=self.config.max_clip_seconds)
-        seconds = len(clip) / rate
+        clip, _ = self.read_upload(path)
+        seconds = len(clip) / self.sample_rate
         if seconds <= TIMELINE_MIN_SECONDS:
             return None
-        starts, parts = windows(clip, rate)
+        starts, parts = windows(clip, self.sample_rate)
         readings = self._read_all(session, sources, method, parts)
-        return Timeline(starts, len(parts[0]) / rate, seconds,
+        return Timeline(starts, len(parts[0]) / self.sample_rate, seconds,
                         {role: top_labels(r) for role, r in readings.items() if r is not None})

@@ -44,11 +44,6 @@ class KeptWeights:
                 cache.popitem(last=False)
         return state
 
-    def clear(self) -> None:
-        with self._lock:
-            self._copies.clear()
-            self._reordered.clear()
-
 
 class _Bounded(OrderedDict):
     def __init__(self, limit: int) -> None:

@@ -5,12 +5,12 @@ import threading
 from collections.abc import Sequence
 from pathlib import Path
 
-from ..benchmark import MODEL_NAMES
+from ..catalogue import MODEL_NAMES
 from ..encoders import Encoder, load_encoder
 from ..state import MergeError, state_checksum
 
 
-class EncoderRegistry:
+class AllowList:
     """The encoders a page may ask for, by key: the built-in names (under `models_dir`) and the operator's
     extra hub ids and folders. Each is loaded once, on first use, and shared; nobody mutates it."""
 
