@@ -26,7 +26,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from merging.benchmark import MODEL_NAMES, MODELS_DIR  # noqa: E402
+from merging.catalogue import MODEL_NAMES, MODELS_DIR  # noqa: E402
 
 def stand_in_models(root: Path) -> Path:
     """Random encoders of the built-in size (merging.train's recipe) under the built-in names: for timing
@@ -104,20 +104,24 @@ def timed(call) -> tuple[float, object]:
     return time.perf_counter() - start, result
 
 
+def answers(job) -> list:
+    """A /merge job's streamed answers: its stages (the progress lines between them left out)."""
+    return [output for output in job.outputs() if isinstance(output[3], dict) and "stage" in output[3]]
+
+
 def staged(client, **inputs) -> tuple[float, float, str, str]:
     """Seconds to the first streamed answer and to the last, and the stages of both."""
     start = time.perf_counter()
     job = client.submit(api_name="/merge", **inputs)
     first = None
     while not job.done():
-        if first is None and job.outputs():
-            first = time.perf_counter() - start, job.outputs()[0][3]["stage"]
-        time.sleep(0.05)
-    outputs = job.outputs()
+        if first is None and answers(job):
+            first = time.perf_counter() - start, answers(job)[0][3]["stage"]
+        time.sleep(0.02)
     job.result()  # raises the app's message if the merge failed
-    total = time.perf_counter() - start
-    first = first or (total, outputs[0][3]["stage"])
-    return first[0], total, first[1], outputs[-1][3]["stage"]
+    total, stages = time.perf_counter() - start, answers(job)
+    first = first or (total, stages[0][3]["stage"])
+    return first[0], total, first[1], stages[-1][3]["stage"]
 
 
 def describe(times: list[float]) -> str:

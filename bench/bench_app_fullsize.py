@@ -21,7 +21,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "bench"), str(ROOT / "scripts")]
 from bench_app import connect, free_loopback_port, staged  # noqa: E402
 from make_standins import write_standin  # noqa: E402
 
-from merging.benchmark import MODELS_DIR  # noqa: E402
+from merging.catalogue import MODELS_DIR  # noqa: E402
 
 PAIR = ("hubert-base-ls960", "MERT-v0-public")
 

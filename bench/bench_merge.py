@@ -56,6 +56,16 @@ def random_state(config: HubertConfig, seed: int, device: str) -> dict[str, torc
     return {k: v.to(device) for k, v in HubertModel(config).eval().state_dict().items()}
 
 
+class FixedAlignment:
+    """An alignment's apply step with given permutations, without solving one."""
+
+    def __init__(self, spec, perms) -> None:
+        self.spec, self.perms = spec, perms
+
+    def apply(self, state):
+        return apply_permutations(state, self.spec, self.perms)
+
+
 def bench_merge(device: str, repeats: int) -> None:
     config = base_config()
     speech, music = random_state(config, 0, device), random_state(config, 1, device)
@@ -75,12 +85,8 @@ def bench_merge(device: str, repeats: int) -> None:
     spec = hubert_spec(config)
     perms = {k: v.to(device) for k, v in random_permutations(spec, COMPONENTS, torch.Generator().manual_seed(0)).items()}
 
-    class FixedAlignment:  # the alignment's apply step, without solving one
-        def apply(self, state):
-            return apply_permutations(state, spec, perms)
-
     t_apply = timed(lambda: apply_permutations(music, spec, perms), repeats, device)
-    t_permute = timed(lambda: merge("permute", {"speech": speech, "music": music}, alignment=FixedAlignment(), alpha=0.3), repeats, device)
+    t_permute = timed(lambda: merge("permute", {"speech": speech, "music": music}, alignment=FixedAlignment(spec, perms), alpha=0.3), repeats, device)
     print(f"apply permutations only (all components):       {t_apply * 1e3:8.1f} ms  ratio {t_apply / baseline:.2f}x")
     print(f"permute (apply permutations + linear):          {t_permute * 1e3:8.1f} ms  ratio {t_permute / baseline:.2f}x")
 
@@ -108,15 +114,11 @@ def bench_pooled_merge(device: str, repeats: int) -> None:
     spec = hubert_spec(config)
     perms = {k: v.to(device) for k, v in random_permutations(spec, COMPONENTS, torch.Generator().manual_seed(0)).items()}
 
-    class FixedAlignment:  # the alignment's apply step, without solving one
-        def apply(self, state):
-            return apply_permutations(state, spec, perms)
-
     def inputs():
         return kept.on(device, "speech", encoders["speech"]), kept.on(device, "music", encoders["music"])
 
     def permute_pooled():
-        reordered = kept.reordered(device, "music", encoders["music"], ("bench",), FixedAlignment())
+        reordered = kept.reordered(device, "music", encoders["music"], ("bench",), FixedAlignment(spec, perms))
         permute_into(pooled, *inputs(), alignment=Reordered(reordered), alpha=0.3, inputs_finite=True)
 
     t_linear = timed(lambda: linear_into(pooled, *inputs(), alpha=0.3, inputs_finite=True), repeats, device)

@@ -21,7 +21,8 @@ import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import merging.probes as probes  # noqa: E402
-from merging.benchmark import MODELS_DIR, MODEL_NAMES, _merged  # noqa: E402
+from merging.catalogue import MODELS_DIR, MODEL_NAMES  # noqa: E402
+from merging.pipeline import merged_encoder  # noqa: E402
 from merging.encoders import load_encoder  # noqa: E402
 
 
@@ -54,7 +55,7 @@ def main() -> None:
     for repeat in range(args.repeats):  # alternate, so drifting machine load hits both alike
         for path, forward in zip(times, (models_forward, library)):
             probes.hidden_states = forward
-            encoder = _merged("linear", pair, alpha=0.3 + 0.01 * repeat + 0.1 * (forward is library))
+            encoder = merged_encoder("linear", pair, alpha=0.3 + 0.01 * repeat + 0.1 * (forward is library))
             times[path].append(rescore(suite, encoder))
     probes.hidden_states = library
     totals = {}

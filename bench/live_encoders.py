@@ -10,10 +10,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from merging.benchmark import MODELS_DIR, MODEL_NAMES, _merged  # noqa: E402
 from merging.calibration import builtin_calibration  # noqa: E402
+from merging.catalogue import MODEL_NAMES, MODELS_DIR, method_roles  # noqa: E402
 from merging.encoders import Encoder, load_encoder  # noqa: E402
-from merging.pipeline import align  # noqa: E402
+from merging.pipeline import align, merged_encoder  # noqa: E402
+from merging.registry import get_method  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -36,13 +37,6 @@ SETTINGS = (
     Setting("speech_ft@0.25", "speech_ft", {"alpha": 0.25}, ("speech", "speech_ft"), 0.25),
 )
 PARENT_ROLES = ("speech", "music", "student_speech", "student_music", "speech_ft")
-_INPUTS = {"linear": ("speech", "music"), "permute": ("speech", "music"),
-           "task_arithmetic": ("student_base", "student_speech", "student_music"),
-           "ties": ("student_base", "student_speech", "student_music"),
-           "drm": ("student_base", "student_speech", "student_music"),
-           "speech_ft": ("speech", "speech_ft")}
-_ROLE_NAMES = {"student_base": "base", "student_speech": "speech", "student_music": "music",
-               "speech_ft": "finetuned"}
 
 
 def load_models() -> dict[str, Encoder]:
@@ -53,13 +47,9 @@ def build(setting: Setting, models: dict[str, Encoder], alignment=None) -> Encod
     """The setting's encoder (the unmerged parent itself for a parent row)."""
     if setting.method is None:
         return models[setting.parents[int(setting.position)]]
-    roles = _INPUTS[setting.method]
-    names = {role: _ROLE_NAMES.get(role, role) for role in roles}
-    if setting.method == "speech_ft":
-        names["speech"] = "pretrained"
-    inputs = {names[role]: models[role] for role in roles}
-    alignments = {"music": alignment} if setting.method == "permute" else None
-    return _merged(setting.method, inputs, alignments, **setting.params)
+    inputs = {role: models[catalogue_role] for role, catalogue_role in method_roles(setting.method).items()}
+    aligns = get_method(setting.method).aligns
+    return merged_encoder(setting.method, inputs, {aligns: alignment} if aligns else None, **setting.params)
 
 
 def speech_music_alignment(models: dict[str, Encoder]):

@@ -28,9 +28,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_app import ROOT, connect, running_app  # noqa: E402
+from bench_app import ROOT, answers, connect, running_app  # noqa: E402
 
-from merging.service.controls import METHOD_ROLES  # noqa: E402
+from merging.methods import METHODS  # noqa: E402
 
 EXAMPLES = sorted((ROOT / "assets" / "audio" / "examples").glob("*.ogg"))
 REQUEST_TIMEOUT_S = 120.0
@@ -80,7 +80,7 @@ class MemoryWatch(threading.Thread):
 
 def merge_settings(rng: random.Random) -> dict:
     """A random slider release: α on 0.01 steps, λs on 0.05 steps (the app's sliders)."""
-    return {"method": rng.choice(list(METHOD_ROLES)), "alpha": rng.randint(0, 100) / 100,
+    return {"method": rng.choice(list(METHODS)), "alpha": rng.randint(0, 100) / 100,
             "lambda_speech": rng.randint(0, 20) / 20, "lambda_music": rng.randint(0, 20) / 20}
 
 
@@ -93,13 +93,13 @@ def call(client, endpoint: str, rng: random.Random):
     if endpoint == "/merge":
         job = client.submit(**merge_settings(rng), api_name="/merge")
         deadline = time.monotonic() + REQUEST_TIMEOUT_S
-        while not job.outputs():
+        while not answers(job):
             if job.done():
                 job.result()  # raises the app's message
             if time.monotonic() > deadline:
                 raise TimeoutError(f"no answer within {REQUEST_TIMEOUT_S:g} s")
             time.sleep(0.02)
-        return job.outputs()[0][3]["merge_seconds"]
+        return answers(job)[0][3]["merge_seconds"]
     if endpoint == "/probe_clip":
         client.submit(handle_file(str(rng.choice(EXAMPLES))), api_name="/probe_clip").result(timeout=REQUEST_TIMEOUT_S)
     else:
@@ -133,7 +133,7 @@ def warm_up(url: str) -> float:
     start = time.perf_counter()
     client = connect(url)
     client.predict(api_name="/align")
-    for method in METHOD_ROLES:
+    for method in METHODS:
         client.predict(method=method, api_name="/merge")
     return time.perf_counter() - start
 

@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "bench")]
 from bench_app import connect, running_app  # noqa: E402
 
-from merging.benchmark import MODEL_NAMES, MODELS_DIR  # noqa: E402
+from merging.catalogue import MODEL_NAMES, MODELS_DIR  # noqa: E402
 
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync", "--no-first-run"]
@@ -36,7 +36,7 @@ def capture(url: str, out: Path, alpha: float) -> None:
         expect(page.locator("#encoder-table")).to_contain_text("Hz", timeout=WAIT)
         page.click("#align-button")
         expect(page.locator("#heatmap .hm image")).to_have_count(2, timeout=WAIT)
-        number = page.locator("#alpha input[type=number]")
+        number = page.locator("#param-alpha input[type=number]")
         number.fill(str(alpha))
         number.blur()  # a release, as when letting go of the slider
         expect(page.locator("#merge-status")).to_contain_text("merged in", timeout=WAIT)

@@ -1,6 +1,7 @@
 """Fixtures for the app tests: tiny random encoders under the built-in names, and the app serving them."""
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
 from pathlib import Path
@@ -8,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from merging.benchmark import MODEL_NAMES
+from merging.catalogue import MODEL_NAMES
 from tiny import tiny_config, tiny_model
 
 STUDENT_LAYERS = 1  # students differ from the full encoders, as the built-in ones do
@@ -61,20 +62,26 @@ def free_port() -> int:
 UPLOAD_LIMIT = 2 * 2**20
 
 
-@pytest.fixture(scope="session")
-def app_server(lab_models):
-    """The app on a loopback port, serving the tiny encoders with a small live probe set; yields (url, lab)."""
+@contextlib.contextmanager
+def served(service):
+    """The app of `service` on a loopback port while the block runs; yields its url."""
     import app
-    from merging.lab import Lab, LabConfig
-    from merging.service.live_scores import LiveScoring
 
-    lab = Lab(LabConfig(models_dir=lab_models, live_train=16, live_test=8, calibration_limit=32, fit_iterations=20,
-                        max_upload_bytes=UPLOAD_LIMIT))
     port = free_port()
-    # a quick stage's budget below the tiny encoders' full suite (about 2 s here), so that a merge is staged on any machine
-    scoring = LiveScoring(lab, budget_seconds=0.25)
-    demo = app.launch(lab, scoring, server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
+    demo = app.launch(service, server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
     try:
-        yield f"http://127.0.0.1:{port}/", lab
+        yield f"http://127.0.0.1:{port}/"
     finally:
         demo.close()
+
+
+@pytest.fixture(scope="session")
+def app_server(lab_models):
+    """The app on a loopback port, serving the tiny encoders; yields (url, service)."""
+    from merging.service import LabConfig, Service
+
+    # a quick stage's budget below the tiny encoders' full suite (about 2 s here), so that a merge is staged on any machine
+    service = Service.start(LabConfig(models_dir=lab_models, calibration_limit=32, fit_iterations=20,
+                                      max_upload_bytes=UPLOAD_LIMIT), budget_seconds=0.25)
+    with served(service) as url:
+        yield url, service

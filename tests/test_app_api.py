@@ -17,8 +17,8 @@ from gradio_client import Client, handle_file
 from transformers import HubertModel
 
 from conftest import UPLOAD_LIMIT, free_port
-from merging.benchmark import MODEL_NAMES
-from merging.service.controls import METHOD_ROLES
+from merging.catalogue import MODEL_NAMES
+from merging.methods import METHODS
 from merging.state import state_checksum
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -92,7 +92,7 @@ def test_merge_reports_time_device_scores_bars_and_the_tradeoff_point(aligned):
 
 def test_every_method_merges_and_the_alpha_corners_are_the_inputs(app_server, aligned):
     client = aligned[0]
-    for method in METHOD_ROLES:
+    for method in METHODS:
         summary = client.predict(method=method, alpha=0.3, api_name="/merge")[3]
         assert summary["method"] == method and set(summary["scores"]) == set(TASKS)
     _, bars, _, corner = client.predict(method="linear", alpha=0.0, api_name="/merge")  # the last stage: full suite
@@ -212,16 +212,17 @@ def test_sweep_fills_the_tradeoff_curve(aligned):
 
 
 def test_sessions_are_separate_and_shared_encoders_are_never_mutated(app_server, aligned):
-    url, lab = app_server
+    url, service = app_server
+    lab = service.lab
     keys = [MODEL_NAMES[role] for role in ("speech", "music", "student_base")]
-    before = {key: state_checksum(lab.registry.get(key).state_dict()) for key in keys}
+    before = {key: state_checksum(lab.encoders.get(key).state_dict()) for key in keys}
     first, second = new_client(url), new_client(url)
     first.predict(method="linear", alpha=0.9, api_name="/merge")
     second.predict(method="ties", api_name="/merge")
     assert "merged-linear/" in zipfile.ZipFile(first.predict(api_name="/export")).namelist()[0]
     assert "merged-ties/" in zipfile.ZipFile(second.predict(api_name="/export")).namelist()[0]
-    assert {key: state_checksum(lab.registry.get(key).state_dict()) for key in keys} == before
-    assert len(lab.pool) <= 2  # one model per architecture (full encoders, students), however many merges
+    assert {key: state_checksum(lab.encoders.get(key).state_dict()) for key in keys} == before
+    assert len(lab.runner.pool) <= 2  # one model per architecture (full encoders, students), however many merges
 
 
 def test_python_app_py_starts_and_names_missing_models(tmp_path):

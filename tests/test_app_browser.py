@@ -11,7 +11,7 @@ import soundfile as sf
 from playwright.sync_api import expect, sync_playwright
 
 from conftest import UPLOAD_LIMIT
-from merging.benchmark import MODEL_NAMES
+from merging.catalogue import MODEL_NAMES
 
 CHROMIUM = os.environ.get("MERGE_LAB_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -68,17 +68,34 @@ def test_heatmap_zoom_and_units_that_fire_together(page):
 
 
 def test_moving_the_alpha_slider_merges_and_updates_the_scores(page):
-    slider = page.locator("#alpha input[type=range]")
+    slider = page.locator("#param-alpha input[type=range]")
     slider.scroll_into_view_if_needed()
     box = slider.bounding_box()
     page.mouse.click(box["x"] + 0.4 * box["width"], box["y"] + box["height"] / 2)  # press and release at ~0.4
-    alpha = page.locator("#alpha input[type=number]").input_value()
+    alpha = page.locator("#param-alpha input[type=number]").input_value()
     assert 0.3 < float(alpha) < 0.5
     expect(page.locator("#merge-status")).to_contain_text(f"alpha={float(alpha):g}", timeout=SLOW)
     expect(page.locator("#merge-status")).to_contain_text("on cpu")
+    expect(page.locator("#merge-status")).to_contain_text("stage:", timeout=SLOW)  # the first answer
     expect(page.locator("#probe-bars g.trace.bars")).to_have_count(3)  # speech, merged, music
     assert page.locator("#probe-bars .legendtext").all_text_contents() == ["speech", "merged", "music"]
     expect(page.locator("#tradeoff .legendtext").filter(has_text="this merge")).to_have_count(1)
+
+
+def test_choosing_a_method_shows_its_own_parameters_and_merges(page):
+    method = page.locator("#method")
+    method.scroll_into_view_if_needed()
+    method.locator("label").filter(has_text="ties").click()
+    for shown in ("lambda_speech", "lambda_music", "density", "trim"):
+        expect(page.locator(f"#param-{shown}")).to_be_visible(timeout=SLOW)
+    for hidden in ("alpha", "drop", "variant"):
+        expect(page.locator(f"#param-{hidden}")).to_be_hidden()
+    expect(page.locator("#merge-status")).to_contain_text("ties", timeout=SLOW)  # a method change merges at once
+    expect(page.locator("#merge-status")).to_contain_text("density=0.2", timeout=SLOW)
+    method.locator("label").filter(has_text="permute").click()
+    expect(page.locator("#param-alpha")).to_be_visible(timeout=SLOW)
+    expect(page.locator("#param-density")).to_be_hidden()
+    expect(page.locator("#merge-status")).to_contain_text("permute", timeout=SLOW)
 
 
 def test_uploading_a_clip_shows_predictions_of_all_three_encoders(page):

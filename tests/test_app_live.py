@@ -3,9 +3,12 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from gradio_client import Client
 
-from merging.benchmark import MODEL_NAMES, _merged
+from merging.catalogue import MODEL_NAMES
+from merging.pipeline import merged_encoder
+from merging.service.turns import Abandoned
 from merging.encoders import load_encoder
 from merging.probes import builtin_suite
 
@@ -13,14 +16,15 @@ TASKS = ["keyword", "speaker", "instrument_family", "pitch_class", "chord_qualit
 
 
 def stream_merge(url: str, **inputs) -> list:
+    """The streamed answers of one release: its stages (progress lines between them left out)."""
     job = Client(url, verbose=False).submit(api_name="/merge", **inputs)
     job.result()
-    return job.outputs()
+    return [output for output in job.outputs() if isinstance(output[3], dict) and "stage" in output[3]]
 
 
 def test_a_merge_answers_with_a_quick_estimate_then_refines_to_the_benchmarks_full_suite(app_server, lab_models):
     url, _ = app_server
-    outputs = stream_merge(url, method="linear", alpha=0.3)
+    outputs = stream_merge(url, method="linear", alpha=0.31)  # a merge no other test scored (a scored one is served as it is)
     summaries = [output[3] for output in outputs]
     assert summaries[0]["stage"] == "quick" and summaries[-1]["stage"] == "full"
     assert "stage: quick" in outputs[0][0] and "stage: full suite" in outputs[-1][0]
@@ -36,13 +40,13 @@ def test_a_merge_answers_with_a_quick_estimate_then_refines_to_the_benchmarks_fu
     assert full["test_clips"] == {t: len(task.test) for t, task in zip(TASKS, builtin_suite().tasks)}
 
     speech, music = (load_encoder(lab_models / MODEL_NAMES[role]) for role in ("speech", "music"))
-    benchmark = builtin_suite().score(_merged("linear", {"speech": speech, "music": music}, alpha=0.3), seed=0)
+    benchmark = builtin_suite().score(merged_encoder("linear", {"speech": speech, "music": music}, alpha=0.31), seed=0)
     assert full["scores"] == {t: round(v, 2) for t, v in benchmark.accuracy.items()}
 
 
 def test_the_bars_carry_error_bars_and_test_clip_counts(app_server):
     url, _ = app_server
-    first = stream_merge(url, method="linear", alpha=0.6)[0]
+    first = stream_merge(url, method="linear", alpha=0.61)[0]
     bars = json.loads(first[1]["plot"])
     merged = next(trace for trace in bars["data"] if trace["name"] == "merged")
     assert len(merged["error_y"]["array"]) == len(TASKS)
@@ -53,39 +57,49 @@ def test_the_bars_carry_error_bars_and_test_clip_counts(app_server):
 
 
 def test_a_newer_merge_of_the_same_person_stops_the_running_refinement(app_server):
-    from merging.service.live_scores import LiveScoring
     from merging.service.session import LabSession
 
-    _, lab = app_server
-    scoring = LiveScoring(lab)
-    recipe = lab.merge(LabSession(), lab.default_sources(), "linear", alpha=0.2).merged.recipe
-    older = scoring.stream(recipe, 0.2, "someone")
+    _, service = app_server
+    lab, scoring = service.lab, service.scoring
+    recipe = lab.merge(LabSession(), lab.default_sources(), "linear", {"alpha": 0.2}).merged.recipe
+    older = scoring.stream(recipe, scoring.lease("someone"))
     next(older)
-    newer = scoring.stream(recipe, 0.2, "someone")
+    newer = scoring.stream(recipe, scoring.lease("someone"))
     next(newer)
-    elsewhere = scoring.stream(recipe, 0.2, "someone else")
+    elsewhere = scoring.stream(recipe, scoring.lease("someone else"))
     next(elsewhere)  # another person's merge stops nobody's
-    assert list(older) == []
+    with pytest.raises(Abandoned):
+        list(older)
     assert [scores.stage for _, scores in newer if scores is not None][-1] == "full"
+
+
+def test_a_recipe_scored_once_is_served_to_the_next_session_without_computing(app_server, monkeypatch):
+    from merging.service.session import LabSession
+
+    _, service = app_server
+    lab, scoring = service.lab, service.scoring
+    recipe = lab.merge(LabSession(), lab.default_sources(), "linear", {"alpha": 0.35}).merged.recipe
+    stages = [scores for _, scores in scoring.stream(recipe, scoring.lease("first visitor")) if scores is not None]
+    assert stages[-1].stage == "full"
+    again = lab.merge(LabSession(), lab.default_sources(), "linear", {"alpha": 0.35, "layer_alphas": None})
+    assert again.merged.recipe.key == recipe.key  # an unset default names the same merge
+    monkeypatch.setattr(lab, "loaded", lambda recipe: pytest.fail("a scored recipe was computed again"))
+    served = [scores for _, scores in scoring.stream(again.merged.recipe, scoring.lease("second visitor"))
+              if scores is not None]
+    assert [s.stage for s in served] == ["full"] and served[0].accuracy == stages[-1].accuracy
 
 
 def test_the_inputs_full_suite_scores_can_start_before_the_first_release(app_server, monkeypatch):
     import threading
 
-    from merging.service.live_scores import LiveScoring
-
-    _, lab = app_server
-    scoring = LiveScoring(lab)
+    _, service = app_server
+    lab, scoring = service.lab, service.scoring
     speech, music = lab.default_sources()["speech"], lab.default_sources()["music"]
     started = scoring.prefetch(speech, music)
-    assert len(started) == 2 and scoring.prefetch(music, speech) == []  # once per encoder
-    for thread in started:
-        thread.join(timeout=600)
-    checksum = lab.registry.checksum(speech)
-    assert checksum in scoring.live._parents and lab.registry.checksum(music) in scoring.live._parents
-    assert scoring.parent(speech) is scoring.live._parents[checksum]  # the release finds them ready
+    assert len(started) == 2 and scoring.prefetch(music, speech) == started[::-1]  # once per encoder
+    parents = [job.result(timeout=600) for job in started]
+    assert scoring.parent(speech) is parents[0] and scoring.parent(music) is parents[1]  # the release finds them ready
     uncaught = []
     monkeypatch.setattr(threading, "excepthook", uncaught.append)
     bad = scoring.prefetch("no-such-encoder")[0]
-    bad.join(timeout=60)
-    assert not bad.is_alive() and uncaught == []  # a bad key fails quietly there, for its release to report
+    assert isinstance(bad.exception(timeout=60), Exception) and uncaught == []  # left for its release to report

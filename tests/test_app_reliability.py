@@ -15,7 +15,8 @@ import pytest
 import soundfile as sf
 from gradio_client import Client, handle_file
 
-from merging.benchmark import MODEL_NAMES
+from merging.catalogue import MODEL_NAMES
+from merging.methods import METHODS
 from merging.state import state_checksum
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -45,21 +46,21 @@ def file_data(path: str) -> dict:
     return {"path": path, "meta": {"_type": "gradio.FileData"}}
 
 
-def paths_probed(lab, monkeypatch) -> list[str]:
-    """The clip paths the app hands to `lab.probe_clip` from now on (the test's end restores it)."""
-    probed, real_probe_clip = [], lab.probe_clip
+def paths_probed(teaching, monkeypatch) -> list[str]:
+    """The clip paths the app hands to `teaching.probe_clip` from now on (the test's end restores it)."""
+    probed, real_probe_clip = [], teaching.probe_clip
 
     def probe_clip(session, sources, path, *rest):
         probed.append(str(path))
         return real_probe_clip(session, sources, path, *rest)
 
-    monkeypatch.setattr(lab, "probe_clip", probe_clip)
+    monkeypatch.setattr(teaching, "probe_clip", probe_clip)
     return probed
 
 
 def test_a_clip_path_that_was_not_uploaded_never_reaches_the_lab(app_server, monkeypatch):
-    url, lab = app_server
-    opened = paths_probed(lab, monkeypatch)
+    url, service = app_server
+    opened = paths_probed(service.teaching, monkeypatch)
     for outside in ("/etc/passwd", "../../../../../../etc/passwd", str(SPEECH_CLIP), str(ROOT / "app.py")):
         assert "event: error" in raw_call(url, "probe_clip", file_data(outside))
     assert opened == []
@@ -72,7 +73,8 @@ def test_a_clip_path_that_was_not_uploaded_never_reaches_the_lab(app_server, mon
     ({"alpha": 1.5}, "greater than maximum"),
     ({"alpha": -0.2}, "less than minimum"),
     ({"method": "task_arithmetic", "lambda_speech": 2.5}, "greater than maximum"),
-    ({"method": "ties", "lambda_music": -1}, "less than minimum"),
+    ({"method": "ties", "lambda_music": -1.5}, "less than minimum"),
+    ({"method": "ties", "lambda_music": -0.5}, r"lambda_music must be a number in \[0, 2\]"),  # in the slider, not in TIES
 ])
 def test_values_outside_a_sliders_range_are_refused_and_change_nothing(app_server, setting, message):
     client = new_client(app_server[0])
@@ -101,9 +103,10 @@ def test_unusual_but_valid_uploads_are_converted_and_probed(app_server, tmp_path
 
 
 def test_concurrent_sessions_get_their_own_results_and_leave_the_encoders_alone(app_server):
-    url, lab = app_server
+    url, service = app_server
+    lab = service.lab
     keys = [MODEL_NAMES[role] for role in ("speech", "music", "student_base", "student_speech", "student_music")]
-    before = {key: state_checksum(lab.registry.get(key).state_dict()) for key in keys}
+    before = {key: state_checksum(lab.encoders.get(key).state_dict()) for key in keys}
     plans = [("linear", {"alpha": 0.15}), ("ties", {"lambda_speech": 0.6, "lambda_music": 0.3}),
              ("task_arithmetic", {"lambda_speech": 0.2, "lambda_music": 0.7}), ("linear", {"alpha": 0.85})]
     recorded, errors = {}, []
@@ -123,8 +126,11 @@ def test_concurrent_sessions_get_their_own_results_and_leave_the_encoders_alone(
         thread.start()
     for thread in threads:
         thread.join(timeout=300)
-    assert errors == [] and recorded == {i: params for i, (_, params) in enumerate(plans)}
-    assert {key: state_checksum(lab.registry.get(key).state_dict()) for key in keys} == before
+    assert errors == [] and set(recorded) == set(range(len(plans)))
+    for index, (method, params) in enumerate(plans):  # each its own (with the page's values of its other parameters)
+        assert recorded[index] == {**{name: recorded[index][name] for name in METHODS[method].parameters
+                                      if name in recorded[index]}, **params}
+    assert {key: state_checksum(lab.encoders.get(key).state_dict()) for key in keys} == before
 
 
 def test_uploads_and_downloads_are_deleted_once_no_session_can_use_them(app_server, monkeypatch):
@@ -137,7 +143,8 @@ def test_uploads_and_downloads_are_deleted_once_no_session_can_use_them(app_serv
 
     import app
 
-    url, lab = app_server
+    url, service = app_server
+    lab = service.lab
     demo = next(b for b in gc.get_objects() if isinstance(b, gr.Blocks) and getattr(b, "local_url", None) == url)
     frequency, age = demo.delete_cache
     assert 0 < frequency <= age == app.SESSION_SECONDS
@@ -161,7 +168,8 @@ def test_uploads_and_downloads_are_deleted_once_no_session_can_use_them(app_serv
 
 
 def test_an_export_is_deleted_once_it_has_been_downloaded_whole(app_server):
-    url, lab = app_server
+    url, service = app_server
+    lab = service.lab
     client = Client(url, verbose=False, download_files=False)
     client.predict(method="linear", alpha=0.3, api_name="/merge")
     served = client.predict(api_name="/export")

@@ -9,7 +9,7 @@ import pytest
 import torch
 from transformers import HubertModel
 
-from merging.benchmark import MODEL_NAMES
+from merging.catalogue import MODEL_NAMES
 from merging.encoders import check_compatible, load_encoder
 from merging.synth import probe_split
 from merging.train import MODELS_DIR, RECIPES
@@ -79,7 +79,7 @@ def _first_clip() -> np.ndarray:
 
 def test_trained_encoders_beat_random_init_on_their_own_probes(encoders):
     from merging.probes import ProbeSuite, builtin_suite
-    from merging.benchmark import random_init
+    from merging.encoders import random_init
 
     full = builtin_suite(max_train=120, max_test=60)
     tasks = [t for t in full.tasks if t.name in ("keyword", "pitch_class")]

@@ -3,8 +3,11 @@ import json
 import numpy as np
 import pytest
 
-from merging.benchmark import (ADDITION_GRID, DEFAULT_ALPHAS, LAMBDA_GRID, MODEL_NAMES, benchmark_rows, difference,
-                               find_models, load_rows, markdown_table, task_vector_methods, write_json, write_sweep)
+from merging.benchmark import (ADDITION_GRID, benchmark_rows, difference, find_models, load_rows, markdown_table,
+                               task_vector_methods, write_json)
+from merging.catalogue import MODEL_NAMES
+from merging.cli import write_sweep
+from merging.tradeoff import ALPHA_GRID as DEFAULT_ALPHAS, LAMBDA_GRID
 from merging.calibration import synthetic_signals
 from merging.probes import ProbeSuite, ProbeTask
 from merging.stats import average_interval, difference_interval

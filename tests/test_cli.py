@@ -112,7 +112,7 @@ def test_bad_inputs_give_one_line_errors_and_write_nothing(checkpoints, tmp_path
 
 
 def test_a_registered_method_gets_its_cli_flags_and_its_place_in_the_app(checkpoints, tmp_path, capsys):
-    import app
+    import app_merge
 
     shift = Param("shift_by", 0.0, "added to every music weight", "shift", low=-1, high=1)
     alpha = Param("alpha", 0.5, "how much of the shift to apply", "α", low=0, high=1)
@@ -122,11 +122,14 @@ def test_a_registered_method_gets_its_cli_flags_and_its_place_in_the_app(checkpo
         return {k: v + alpha * shift_by if v.is_floating_point() else v.clone() for k, v in music.items()}
 
     try:
-        assert app.method_choices()[-1] == "test_shift"
-        note, alpha_slider, lambda_speech, lambda_music, layer_alphas = app.method_controls("test_shift")
+        assert app_merge.method_choices()[-1] == "test_shift"
+        note = app_merge.method_note("test_shift")
+        alpha_slider, lambda_speech, layer_alphas = (app_merge.control_update(name, "test_shift", "permute")
+                                                     for name in ("alpha", "lambda_speech", "layer_alphas"))
         assert note.startswith("the music encoder plus a constant") and "speech ← speech encoder" in note
-        assert alpha_slider == {"__type__": "update", "visible": True, "label": "α: how much of the shift to apply"}
-        assert not lambda_speech["visible"] and not lambda_music["visible"] and not layer_alphas["visible"]
+        assert alpha_slider == {"__type__": "update", "visible": True, "label": "α: how much of the shift to apply",
+                                "minimum": 0.0, "maximum": 1.0, "step": 0.01, "value": 0.5}  # not permute's α: reset
+        assert not lambda_speech["visible"] and not layer_alphas["visible"]
         with pytest.raises(SystemExit):
             main(["merge", "--help"])
         help_text = " ".join(capsys.readouterr().out.split())
@@ -145,7 +148,7 @@ def test_a_registered_method_gets_its_cli_flags_and_its_place_in_the_app(checkpo
         METHODS.pop("test_shift")
     with pytest.raises(SystemExit):
         main(["merge", "--help"])
-    assert "test_shift" not in capsys.readouterr().out and "test_shift" not in app.method_choices()
+    assert "test_shift" not in capsys.readouterr().out and "test_shift" not in app_merge.method_choices()
 
 
 def test_different_sample_rates_are_refused_unless_allowed_and_then_recorded(checkpoints, tmp_path, capsys):

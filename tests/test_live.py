@@ -191,3 +191,22 @@ def test_the_tradeoff_curve_shows_both_methods_and_stars_the_merge_with_its_inte
     star = fig.data[-1]
     assert list(star.error_y.array) == [8] and list(star.error_y.arrayminus) == [5]
     assert list(star.error_x.array) == [1] and list(star.error_x.arrayminus) == [5]
+
+
+def test_without_parents_a_stage_is_the_uncorrected_score_on_its_own_clips_and_its_features_carry_on():
+    from merging.live import UNCORRECTED, ClipFeatures
+
+    suite = tone_suite()
+    first, second, merged = merged_pair()
+    live = LiveProbes(suite, resamples=3, ladder=(1, 2))
+    features = ClipFeatures(suite, merged)
+    early = next(live.stages(merged, None, None, 0.3, plan=[1]))  # before the inputs are scored
+    assert early.stage == UNCORRECTED and early.accuracy == {t: e.raw for t, e in early.tasks.items()}
+    for task, estimate in early.tasks.items():
+        assert 0 <= estimate.low <= estimate.score <= estimate.high <= 100 and estimate.high > estimate.low
+    list(live.steps(merged, None, None, 0.3, plan=[1], features=features))
+    computed = set(features.rows)
+    later = [s for _, s in live.steps(merged, live.parent(first), live.parent(second), 0.3, plan=[1, 0],
+                                      features=features) if s is not None]
+    assert [s.stage for s in later] == ["quick", "full"] and computed <= set(features.rows)
+    assert later[0].clips == len(live.subset(1).clips())  # the same clips' features, not computed again

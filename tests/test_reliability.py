@@ -25,10 +25,12 @@ import merging.checkpoint
 from merging.audio import MAX_SAMPLE_RATE, MIN_SAMPLE_RATE, load_audio, prepare_audio
 from merging.checkpoint import load_merge_config, save_encoder, zip_encoder_dir
 from merging.encoders import Encoder, build_model, encoder_from_state, load_encoder
-from merging.lab import Lab, LabConfig, LabSession
+from merging.service.config import LabConfig
+from merging.service.lab import Lab
+from merging.service.session import LabSession
 from merging.methods import METHODS, merge
 from merging.pipeline import merge_encoders
-from merging.service.pool import torch_threads
+from merging.state import torch_threads
 from merging.spec import COMPONENTS, apply_permutations, hubert_spec, random_permutations
 from merging.state import MergeError, state_checksum
 from tiny import tiny_model
@@ -373,18 +375,18 @@ def test_an_exported_merge_reloads_to_the_same_weights_and_outputs(encoders, met
 
 @pytest.fixture(scope="module")
 def lab(lab_models) -> Lab:
-    return Lab(LabConfig(models_dir=lab_models, live_train=8, live_test=4, calibration_limit=16, fit_iterations=10))
+    return Lab(LabConfig(models_dir=lab_models, calibration_limit=16, fit_iterations=10))
 
 
 @pytest.fixture(scope="module")
 def merged_session(lab) -> LabSession:
-    return lab.merge(LabSession(), lab.default_sources(), "ties", lambda_speech=0.7, lambda_music=0.4)
+    return lab.merge(LabSession(), lab.default_sources(), "ties", {"lambda_speech": 0.7, "lambda_music": 0.4})
 
 
 def test_the_labs_export_reloads_to_the_sessions_weights(lab, merged_session, tmp_path):
-    zipfile.ZipFile(lab.export(merged_session)).extractall(tmp_path)
+    zipfile.ZipFile(lab.export(merged_session, {})).extractall(tmp_path)
     reloaded = load_encoder(tmp_path / "merged-ties")
-    with lab.loaded(merged_session.merged.recipe) as merged:  # the session keeps a recipe: rebuilt here
+    with lab.runner.turn(), lab.loaded(merged_session.merged.recipe) as merged:  # the session keeps a recipe: rebuilt
         assert state_checksum(reloaded.state_dict()) == state_checksum(merged.state_dict())
     assert load_merge_config(tmp_path / "merged-ties")["arguments"] == {"lambda_speech": 0.7, "lambda_music": 0.4}
 
@@ -400,7 +402,7 @@ def refused_rename(source, destination):
 
 @pytest.mark.parametrize("failure", ["weights half written", "zip rename refused"])
 def test_an_interrupted_export_leaves_nothing_behind_and_the_next_one_works(lab, merged_session, monkeypatch, failure):
-    root = lab.export(merged_session).parent.parent
+    root = lab.export(merged_session, {}).parent.parent
     before = sorted(root.rglob("*"))
     with monkeypatch.context() as patch:
         if failure == "weights half written":
@@ -408,17 +410,17 @@ def test_an_interrupted_export_leaves_nothing_behind_and_the_next_one_works(lab,
         else:
             patch.setattr(merging.checkpoint.os, "replace", refused_rename)
         with pytest.raises(OSError, match="disk full"):
-            lab.export(merged_session)
+            lab.export(merged_session, {})
     assert sorted(root.rglob("*")) == before  # no partial folder, zip or temporary file
-    with zipfile.ZipFile(lab.export(merged_session)) as archive:
+    with zipfile.ZipFile(lab.export(merged_session, {})) as archive:
         assert archive.testzip() is None and "merged-ties/model.safetensors" in archive.namelist()
 
 
 def test_exports_are_capped_and_removed_with_their_lab(lab_models, lab, merged_session):
-    archives = [lab.export(merged_session) for _ in range(10)]
+    archives = [lab.export(merged_session, {}) for _ in range(10)]
     assert archives[-1].is_file() and len(list(archives[0].parent.parent.iterdir())) == 8
-    other = Lab(LabConfig(models_dir=lab_models, live_train=8, live_test=4))
-    root = other.export(merged_session).parent.parent
+    other = Lab(LabConfig(models_dir=lab_models))
+    root = other.export(merged_session, {}).parent.parent
     del other
     gc.collect()
     assert not root.exists()

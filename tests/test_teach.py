@@ -16,7 +16,7 @@ from merging.probes import ProbeSuite, ProbeTask
 from merging.spec import COMPONENTS, apply_permutations, hubert_spec, random_permutations
 from merging.state import MergeError
 from merging.synth.assets import load_manifest
-from merging.teach import pick_unit, unit_traces
+from merging.units import pick_unit, unit_traces
 from tiny import tiny_model
 from viz.figures import correlation_heatmaps
 from viz.teach import mix_sweep_figure, timeline_strip, unit_traces_figure
