@@ -1,8 +1,6 @@
-"""The fixed merge settings bench_live_scores.py measures, built from the built-in encoders.
-
-Each setting names the two inputs whose full-suite scores correct its quick estimate and its position
-between them (α, or λ_music / (λ_speech + λ_music) for task vectors).
-"""
+"""The merges bench_live_scores.py measures, built from the built-in encoders: a spread set from the unmerged inputs
+to failed and good merges of every method, and the references the app would have after its start-up (the inputs it
+scores and the linear and permute curves over the α grid)."""
 from __future__ import annotations
 
 import sys
@@ -15,38 +13,41 @@ from merging.catalogue import MODEL_NAMES, MODELS_DIR, method_roles  # noqa: E40
 from merging.encoders import Encoder, load_encoder  # noqa: E402
 from merging.pipeline import align, merged_encoder  # noqa: E402
 from merging.registry import get_method  # noqa: E402
+from merging.tradeoff import ALPHA_GRID, LAMBDA_GRID, grid  # noqa: E402
 
 
 @dataclass(frozen=True)
 class Setting:
     name: str
-    method: str | None  # None: an unmerged encoder
+    method: str | None  # None: the unmerged encoder of `role`
     params: dict
-    parents: tuple[str, str]  # roles of the two inputs
-    position: float
+    role: str | None = None
 
 
+INPUTS = ("speech", "music", "student_speech", "student_music", "speech_ft")  # every merge's inputs: references
 SETTINGS = (
-    Setting("speech encoder", None, {}, ("speech", "music"), 0.0),
-    Setting("music encoder", None, {}, ("speech", "music"), 1.0),
-    *(Setting(f"{m}@{a:g}", m, {"alpha": a}, ("speech", "music"), a) for m in ("linear", "permute") for a in (0.1, 0.5, 0.9)),
-    Setting("task_arithmetic@0.9/0.9", "task_arithmetic", {"lambda_speech": 0.9, "lambda_music": 0.9},
-            ("student_speech", "student_music"), 0.5),
-    Setting("ties", "ties", {}, ("student_speech", "student_music"), 0.5),
-    Setting("drm", "drm", {}, ("student_speech", "student_music"), 0.5),
-    Setting("speech_ft@0.25", "speech_ft", {"alpha": 0.25}, ("speech", "speech_ft"), 0.25),
+    Setting("speech encoder", None, {}, "speech"),
+    Setting("music encoder", None, {}, "music"),
+    *(Setting(f"{m}@{a:g}", m, {"alpha": a}) for m in ("linear", "permute") for a in ALPHA_GRID),
+    *(Setting(f"task_arithmetic@{s:g}/{m:g}", "task_arithmetic", {"lambda_speech": s, "lambda_music": m})
+      for s, m in LAMBDA_GRID),
+    *(Setting(f"{method}@{s:g}/{m:g}", method, {"lambda_speech": s, "lambda_music": m})
+      for method in ("ties", "dare", "drm") for s, m in ((0.7, 0.3), (0.3, 0.7))),
+    Setting("multi-teacher student", None, {}, "student_multi"),
+    *(Setting(f"speech_ft@{a:g}", "speech_ft", {"alpha": a}) for a in (0.25, 0.5)),
 )
-PARENT_ROLES = ("speech", "music", "student_speech", "student_music", "speech_ft")
+# the merges the app scores on the full suite at start-up: its references beside the inputs
+STARTUP = tuple(f"{method}@{setting['alpha']:g}" for method in ("linear", "permute") for setting in grid(method))
 
 
 def load_models() -> dict[str, Encoder]:
-    return {role: load_encoder(MODELS_DIR / name) for role, name in MODEL_NAMES.items() if role != "student_multi"}
+    return {role: load_encoder(MODELS_DIR / name) for role, name in MODEL_NAMES.items()}
 
 
 def build(setting: Setting, models: dict[str, Encoder], alignment=None) -> Encoder:
-    """The setting's encoder (the unmerged parent itself for a parent row)."""
+    """The setting's encoder (the unmerged one itself for an input's row)."""
     if setting.method is None:
-        return models[setting.parents[int(setting.position)]]
+        return models[setting.role]
     inputs = {role: models[catalogue_role] for role, catalogue_role in method_roles(setting.method).items()}
     aligns = get_method(setting.method).aligns
     return merged_encoder(setting.method, inputs, {aligns: alignment} if aligns else None, **setting.params)

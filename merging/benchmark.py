@@ -163,9 +163,10 @@ def markdown_table(rows: Sequence[Row], seed: int = 0) -> str:
 
 
 def write_json(rows: Sequence[Row], path: str | Path, seed: int = 0) -> None:
-    Path(path).write_text(json.dumps({"interval": "95 % percentile bootstrap over test clips, each task resampled "
-                                                  f"independently, {RESAMPLES} resamples, seed {seed}",
+    Path(path).write_text(json.dumps({"interval": "95 % percentile bootstrap over test clips, tasks that label the "
+                                                  f"same clips resampled together, {RESAMPLES} resamples, seed {seed}",
                                       "domains": rows[0].scores.domains if rows else {},
+                                      "test_clip_ids": {t: list(ids) for t, ids in rows[0].scores.clips.items()} if rows else {},
                                       "rows": [row.as_dict(seed) for row in rows]}, indent=2))
 
 
@@ -174,7 +175,8 @@ def load_rows(path: str | Path) -> list[Row]:
     data = json.loads(Path(path).read_text())
     return [Row(entry["name"], entry["method"], entry["alpha"],
                 ProbeScores(entry["scores"], data["domains"],
-                            {task: tuple(c == "1" for c in hits) for task, hits in entry["correct"].items()}),
+                            {task: tuple(c == "1" for c in hits) for task, hits in entry["correct"].items()},
+                            {task: tuple(ids) for task, ids in data["test_clip_ids"].items()}),
                 entry["params"]) for entry in data["rows"]]
 
 
@@ -183,7 +185,7 @@ def difference(first: Row, second: Row, domain: str | None = None, seed: int = 0
     both rows are scored on the same test clips, so the same resampled clips enter both averages."""
     tasks = [t for t in first.scores.accuracy if domain is None or first.scores.domains[t] == domain]
     interval = difference_interval({t: first.scores.correct[t] for t in tasks}, {t: second.scores.correct[t] for t in tasks},
-                                   seed=seed)
+                                   first.scores.clips, seed=seed)
     return first.scores.average(domain) - second.scores.average(domain), interval
 
 

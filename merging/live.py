@@ -2,12 +2,9 @@
 stage up to the full suite itself.
 
 A stage fits the probes on a stratified subset of the suite (k training and k test clips per class of every
-task) and scores the merged encoder on it. Few training clips pull every encoder's accuracy down by a
-similar amount, and the merge's two inputs ("parents") have known full-suite scores, so each task's score is
-corrected by the parents' (full − subset) gap measured on the same clips with the same probes, interpolated
-by the merge's position between them. Its 95 % interval combines the test clips' sampling (binomial) with the
-probes' training noise, whose size is measured once per parent by re-drawing the subset (`LiveProbes.calibrate`).
-The last stage, "full", is the benchmark's own scoring: the same clips, probes and seed as
+task) and scores the merged encoder on it; `merging.estimate` turns that into an estimate of the full-suite score
+with its interval, from references: the merge's inputs and every merge already scored on the full suite, scored on
+the same subset. The last stage, "full", is the benchmark's own scoring: the same clips, probes and seed as
 `python -m merging benchmark`.
 
 Every unit of work (a few clips' features, one task's probe fit) runs inside a `turn()` the caller gives, so a
@@ -25,14 +22,15 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 import torch
 
+from .estimate import (AVERAGES, Estimate, GapModel, Reference, bootstrapped, corrected, difference, full_difference,
+                       tasks_of)
 from .probes import LinearProbe, ProbeSuite, ProbeTask, fit_probe, layer_features
 from .state import state_checksum
 
-Z95 = 1.959964
 STAGE_LADDER = (2, 4, 8, 16, 32)  # clips per class and split of the stages below the full suite
 STEP_SECONDS = 0.3  # the work between two yields of `steps`: a caller can stop or give way at least this often
 MAX_CHUNK = 64  # clips' features in one unit of work, however fast the device
-UNCORRECTED = "uncorrected"  # a stage below the full suite scored before the inputs' full-suite scores are known
+UNCORRECTED = "uncorrected"  # a stage below the full suite scored before two references were known
 
 Turn = Callable[[], AbstractContextManager]  # entered around a unit of work; yields False when it is not its turn yet
 
@@ -147,31 +145,17 @@ def full_subset(suite: ProbeSuite) -> Subset:
     return Subset(0, {t.name: t.train for t in suite.tasks}, {t.name: t.test for t in suite.tasks})
 
 
-# -- the estimate -------------------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class TaskEstimate:
-    """A task's score at one stage: the estimate of its full-suite accuracy (%), its 95 % interval, the test
-    clips it rests on, and the uncorrected accuracy on this stage's clips."""
-
-    score: float
-    low: float
-    high: float
-    test_clips: int
-    raw: float
-
+# -- a stage's scores -------------------------------------------------------------------------------
 
 class Parent:
-    """One input of a merge as the correction sees it: its full-suite features and accuracies and, per stage
-    (clips per class), its results on that stage's subset and the variance of its accuracy over re-drawn
-    subsets (filled by `LiveProbes.calibrate` when a stage first needs them)."""
+    """One input of a merge: its full-suite features and results (a reference once known) and, per stage (clips
+    per class), its results on that stage's subset (filled by `LiveProbes` when a stage first needs them)."""
 
     def __init__(self, rows: torch.Tensor, full: Mapping[str, TaskResult]) -> None:
         self.rows = rows
         self.full = {task: r.accuracy for task, r in full.items()}
         self.full_results = dict(full)
         self.stage: dict[int, dict[str, TaskResult]] = {}
-        self.train_variance: dict[int, dict[str, float]] = {}
 
     def take(self, indices: Sequence[int]) -> torch.Tensor:
         return self.rows[list(indices)]
@@ -182,47 +166,23 @@ class Parent:
         return {task: r.probe for task, r in self.full_results.items()}
 
 
-def _binomial_variance(p: float, n: int) -> float:
-    p = min(max(p, 0.5 / n), 1 - 0.5 / n)  # never zero: 0/n correct still leaves doubt
-    return 1e4 * p * (1 - p) / n
-
-
-def corrected_estimate(merged: TaskResult, first: TaskResult, second: TaskResult, full: tuple[float, float],
-                       position: float, train_variance: float) -> TaskEstimate:
-    """The merge's subset accuracy plus its parents' (full − subset) gap on the same clips, interpolated by its
-    position between them (0: the first). Variance: the paired test-clip variance of (merge − parents' mix)
-    plus the probes' training noise of the merge and of that mix (parents' re-draw variance, uncorrelated)."""
-    w = min(max(position, 0.0), 1.0)
-    gap = (1 - w) * (full[0] - first.accuracy) + w * (full[1] - second.accuracy)
-    score = min(max(merged.accuracy + gap, 0.0), 100.0)
-    n = len(merged.correct)
-    diff = np.asarray(merged.correct, float) - ((1 - w) * np.asarray(first.correct, float) + w * np.asarray(second.correct, float))
-    test_variance = max(1e4 * diff.var(ddof=1) / n if n > 1 else 0.0, _binomial_variance(score / 100, n) / 4)
-    variance = test_variance + train_variance * (1 + (1 - w) ** 2 + w ** 2)
-    half = Z95 * math.sqrt(variance)
-    return TaskEstimate(score, max(score - half, 0.0), min(score + half, 100.0), n, merged.accuracy)
-
-
-def subset_estimate(result: TaskResult) -> TaskEstimate:
-    """A task's score on a subset's own test clips, uncorrected, with its 95 % Wilson interval: what the merge scores
-    on these clips, before the inputs' full-suite scores can say how the full suite would differ."""
-    n, p = len(result.correct), result.accuracy / 100
-    centre = (p + Z95**2 / (2 * n)) / (1 + Z95**2 / n)
-    half = Z95 * math.sqrt(p * (1 - p) / n + Z95**2 / (4 * n * n)) / (1 + Z95**2 / n)
-    return TaskEstimate(result.accuracy, 100 * max(centre - half, 0.0), 100 * min(centre + half, 1.0), n, result.accuracy)
-
-
 @dataclass(frozen=True)
 class LiveScores:
-    """Every task's estimate at one stage ("quick", "k16", ..., "full"), with the clips it took."""
+    """Every task's and average's estimate at one stage ("uncorrected", "quick", "16 per class", ..., "full"), with
+    the clips it took; `results` are the merge's own per-clip results on the stage's clips, `references` and
+    `models` what corrected them (none for the full suite or an uncorrected stage)."""
 
     stage: str
     per_class: int  # clips per class and split; 0: the full suite
-    tasks: Mapping[str, TaskEstimate]
+    tasks: Mapping[str, Estimate]
+    averages: Mapping[str, Estimate]  # "speech_avg", "music_avg", "avg"
     domains: Mapping[str, str]
     clips: int  # distinct clips the merged encoder has run on so far
     seconds: float  # since the first stage began
-    results: Mapping[str, TaskResult] = field(default_factory=dict, compare=False, repr=False)  # the merge's own
+    results: Mapping[str, TaskResult] = field(default_factory=dict, compare=False, repr=False)
+    references: tuple[Reference, ...] = field(default=(), compare=False, repr=False)
+    models: Mapping[str, GapModel] = field(default_factory=dict, compare=False, repr=False)
+    ladder: Mapping[int, Mapping[str, TaskResult]] = field(default_factory=dict, compare=False, repr=False)
 
     @property
     def probes(self) -> dict[str, LinearProbe] | None:
@@ -230,62 +190,77 @@ class LiveScores:
         probes = {task: r.probe for task, r in self.results.items()}
         return probes if probes and all(p is not None for p in probes.values()) else None
 
+    @property
+    def corrected(self) -> bool:
+        return bool(self.references)
+
     def without_probes(self) -> LiveScores:
         """The same scores, holding no fitted probes (what a long-lived cache keeps)."""
-        return replace(self, results={task: replace(r, probe=None) for task, r in self.results.items()})
+        drop = {task: replace(r, probe=None) for task, r in self.results.items()}
+        ladder = {k: {task: replace(r, probe=None) for task, r in results.items()} for k, results in self.ladder.items()}
+        return replace(self, results=drop, ladder=ladder)
 
     @property
     def accuracy(self) -> dict[str, float]:
         return {task: e.score for task, e in self.tasks.items()}
 
-    def average(self, domain: str | None = None) -> TaskEstimate:
-        """Mean over the domain's tasks; its interval treats the tasks' errors as independent."""
-        chosen = [e for task, e in self.tasks.items() if domain is None or self.domains[task] == domain]
-        score = float(np.mean([e.score for e in chosen]))
-        half = math.sqrt(sum(((e.high - e.low) / 2) ** 2 for e in chosen)) / len(chosen)
-        return TaskEstimate(score, max(score - half, 0.0), min(score + half, 100.0),
-                            sum(e.test_clips for e in chosen), float(np.mean([e.raw for e in chosen])))
+    def average(self, domain: str | None = None) -> Estimate:
+        """The estimate of the mean over the domain's tasks (None: all), with its interval."""
+        return self.averages[next(name for name, d in AVERAGES.items() if d == domain)]
 
     def summary(self) -> dict:
-        averages = {"speech_avg": self.average("speech"), "music_avg": self.average("music"), "avg": self.average()}
         return {
             "stage": self.stage,
             "scores": {task: round(e.score, 2) for task, e in self.tasks.items()},
-            **{name: round(e.score, 2) for name, e in averages.items()},
-            "intervals": {name: [round(e.low, 2), round(e.high, 2)] for name, e in {**self.tasks, **averages}.items()},
+            **{name: round(e.score, 2) for name, e in self.averages.items()},
+            "intervals": {name: [round(e.low, 2), round(e.high, 2)] for name, e in {**self.tasks, **self.averages}.items()},
             "test_clips": {task: e.test_clips for task, e in self.tasks.items()},
             "clips": self.clips,
+            "references": len(self.references),
         }
 
 
 def full_stage(results: Mapping[str, TaskResult], domains: Mapping[str, str], clips: int, seconds: float,
-               seed: int = 0) -> LiveScores:
-    """The full suite's scores, each with its 95 % bootstrap interval over test clips."""
-    from .stats import average_interval
+               seed: int = 0, ladder: Mapping[int, Mapping[str, TaskResult]] | None = None) -> LiveScores:
+    """The full suite's scores, each with its 95 % bootstrap interval over test clips (the benchmark's)."""
+    tasks, averages = bootstrapped(results, domains, seed)
+    return LiveScores("full", 0, tasks, averages, dict(domains), clips, seconds, dict(results), ladder=dict(ladder or {}))
 
-    tasks = {}
-    for task, result in results.items():
-        low, high = average_interval({task: result.correct}, seed=seed)
-        tasks[task] = TaskEstimate(result.accuracy, low, high, len(result.correct), result.accuracy)
-    return LiveScores("full", 0, tasks, dict(domains), clips, seconds, dict(results))
+
+def stage_difference(first: LiveScores, second: LiveScores, domain: str | None = None) -> tuple[float, float, float]:
+    """(difference, low, high): the first merge's full-suite estimate minus the second's over the domain's tasks
+    (None: all), with its 95 % interval. Both at the full suite: the paired bootstrap over its test clips. Both at one
+    corrected stage: paired on that stage's clips, plus the references' unexplained spread. Otherwise the estimates'
+    errors are taken as independent (a full-suite score counts as exact)."""
+    tasks = tasks_of(first.domains, domain)
+    a, b = first.average(domain), second.average(domain)
+    if first.per_class == second.per_class == 0:
+        return full_difference(first.results, second.results, tasks)
+    if first.per_class == second.per_class and first.corrected and second.corrected:
+        return difference(first.results, second.results, (a.score, b.score), tasks, first.references, first.models)
+    spread = math.hypot(*((e.high - e.low) / 2 if s.per_class else 0.0 for e, s in ((a, first), (b, second))))
+    value = a.score - b.score
+    return value, value - spread, value + spread
 
 
 class LiveProbes:
     """Staged scores of merged encoders on one probe suite (the benchmark's: its clips, probes and seed).
 
-    `parent(encoder)` scores an input encoder on the full suite once (cached by its weights) and measures
-    what the correction needs; `stages(encoder, first, second, position)` then yields the merge's scores,
-    stage by stage. The quick stage's clips per class are the most whose measured cost fits `budget_seconds`.
+    `parent(encoder)` scores an input encoder on the full suite once (cached by its weights); `stages(encoder)` then
+    yields a merge's scores stage by stage, each stage below the full suite corrected by the references (every input
+    and merge this object has seen scored on the full suite, of the same feature width). The quick stage's clips per
+    class are the most whose measured cost fits `budget_seconds`.
     """
 
     def __init__(self, suite: ProbeSuite, *, seed: int = 0, budget_seconds: float = 2.0, quick_iterations: int = 30,
-                 resamples: int = 6, ladder: Sequence[int] = STAGE_LADDER, cache_size: int = 8) -> None:
+                 ladder: Sequence[int] = STAGE_LADDER, cache_size: int = 8, references: int = 64) -> None:
         self.suite, self.seed, self.budget_seconds = suite, seed, budget_seconds
-        self.quick_iterations, self.resamples, self.ladder = quick_iterations, resamples, tuple(ladder)
+        self.quick_iterations, self.ladder = quick_iterations, tuple(ladder)
         self.domains = {task.name: task.domain for task in suite.tasks}
         self._subsets: dict[int, Subset] = {}
         self._parents: dict[str, Parent] = {}
-        self._cache_size = cache_size
+        self._cache_size, self._reference_limit = cache_size, references
+        self._references: dict[int, dict[str, Parent | LiveScores]] = {}  # width -> key -> known merge, oldest first
         self.clip_seconds: float | None = None  # measured cost of one clip's features on this device
         self.fit_seconds: dict[int, float] = {}  # measured cost of fitting and scoring one stage's probes
 
@@ -371,6 +346,34 @@ class LiveProbes:
         self.fit_seconds[per_class] = busy
         return results
 
+    # -- references ---------------------------------------------------------------------------------
+
+    def remember(self, key: str, known: Parent | LiveScores, width: int | None = None) -> None:
+        """Keep an input (its features) or a merge's full stage (with its ladder; `width`: its features' size) as a
+        reference for later stages of merges with features of that size."""
+        width = int(known.rows.shape[-1]) if isinstance(known, Parent) else width
+        shelf = self._references.setdefault(width, {})
+        shelf.pop(key, None)
+        shelf[key] = known
+        while len(shelf) > self._reference_limit:
+            shelf.pop(next(iter(shelf)))
+
+    def references(self, per_class: int, width: int, turn: Turn = _always, exclude: str | None = None
+                   ) -> Iterator[tuple[float, None]]:
+        """The references of this feature width on the stage's subset (inputs scored there a task per turn when first
+        needed), leaving out `exclude`; a generator of waits, returning a tuple of `Reference`s."""
+        found = []
+        for key, known in list(self._references.get(width, {}).items()):
+            if key == exclude:
+                continue
+            if isinstance(known, Parent):
+                if per_class not in known.stage:
+                    known.stage[per_class] = yield from self._fit(self.subset(per_class), known.take, per_class, turn, 0.0)
+                found.append(Reference(key, known.full_results, known.stage[per_class]))
+            elif per_class in known.ladder:
+                found.append(Reference(key, known.results, known.ladder[per_class]))
+        return tuple(found)
+
     # -- parents ------------------------------------------------------------------------------------
 
     def parent(self, encoder, key: str | None = None, *, chunk: int | None = None, turn: Turn = _always,
@@ -387,9 +390,9 @@ class LiveProbes:
     def parent_steps(self, encoder, key: str | None = None, *, chunk: int | None = None, turn: Turn = _always,
                      running: Callable[[], AbstractContextManager] | None = None
                      ) -> Iterator[tuple[float, None]]:
-        """`parent` as a generator of (fraction done, None) between units of work; returns the Parent. Each unit
-        runs inside `turn()`; `running()`, entered inside it, yields the encoder (`encoder` may then be None if
-        `key` is given)."""
+        """`parent` as a generator of (fraction done, None) between units of work; returns the Parent (also kept as
+        a reference). Each unit runs inside `turn()`; `running()`, entered inside it, yields the encoder (`encoder`
+        may then be None if `key` is given)."""
         key = key or state_checksum(encoder.state_dict())
         if key in self._parents:
             return self._parents[key]
@@ -400,67 +403,34 @@ class LiveProbes:
         results = yield from self._fit(full_subset(self.suite), lambda idx: rows[list(idx)], 0, turn, 1.0)
         parent = Parent(rows, results)
         self._parents[key] = parent
+        self.remember(key, parent)
         while len(self._parents) > self._cache_size:
             self._parents.pop(next(iter(self._parents)))
         return parent
 
-    def calibrate(self, parent: Parent, per_class: int) -> None:
-        """The parent's results on the stage's subset, and its training noise: the variance of its accuracy
-        over `resamples` re-drawn subsets beyond what their test clips' sampling explains."""
-        for _ in self.calibration_steps(parent, per_class):
-            pass
-
-    def calibration_steps(self, parent: Parent, per_class: int, turn: Turn = _always) -> Iterator[tuple[float, None]]:
-        """`calibrate` a resample per turn."""
-        if per_class in parent.stage:
-            return
-        redrawn = []
-        for r in range(self.resamples):
-            subset = stratified_subset(self.suite, per_class, seed=1000 * (self.seed + 1) + r)
-            redrawn.append((yield from self._in_turn(turn, lambda subset=subset: score_subset(
-                self.suite, subset, parent.take, seed=self.seed, iterations=self.quick_iterations), 0.0)))
-        variance = {task: _training_variance([r[task] for r in redrawn]) for task in self.domains}
-        stage = yield from self._fit(self.subset(per_class), parent.take, per_class, turn, 0.0)
-        parent.train_variance[per_class], parent.stage[per_class] = variance, stage
-
-    def prepare(self, *parents: Parent, plan: Sequence[int] | None = None) -> list[int]:
-        """Calibrate the parents for every stage of the plan (before a merge, so its first answer stays quick)."""
-        plan = list(plan or self.plan())
-        for _ in self.preparation_steps(*parents, plan=plan):
-            pass
-        return plan
-
-    def preparation_steps(self, *parents: Parent, plan: Sequence[int] | None = None, turn: Turn = _always
-                          ) -> Iterator[tuple[float, None]]:
-        """`prepare` a unit of work per turn."""
-        for parent in parents:
-            for k in plan or self.plan():
-                if k:
-                    yield from self.calibration_steps(parent, k, turn)
-
     # -- a merge's stages ---------------------------------------------------------------------------
 
-    def stages(self, encoder, first: Parent, second: Parent, position: float | None, *,
-               plan: Sequence[int] | None = None) -> Iterator[LiveScores]:
+    def stages(self, encoder, *, plan: Sequence[int] | None = None, key: str | None = None,
+               remember: bool = True) -> Iterator[LiveScores]:
         """The merged encoder's scores stage by stage (see `plan`); stop iterating to stop the work."""
-        for _, scores in self.steps(encoder, first, second, position, plan=plan):
+        for _, scores in self.steps(encoder, plan=plan, key=key, remember=remember):
             if scores is not None:
                 yield scores
 
-    def steps(self, encoder, first: Parent | None, second: Parent | None, position: float | None, *,
-              plan: Sequence[int] | None = None, chunk: int | None = None, turn: Turn = _always,
+    def steps(self, encoder, *, plan: Sequence[int] | None = None, chunk: int | None = None, turn: Turn = _always,
               running: Callable[[], AbstractContextManager] | None = None,
-              known: Mapping[int, LiveScores] | None = None,
-              features: ClipFeatures | None = None) -> Iterator[tuple[float, LiveScores | None]]:
+              known: Mapping[int, LiveScores] | None = None, features: ClipFeatures | None = None,
+              key: str | None = None, remember: bool = True) -> Iterator[tuple[float, LiveScores | None]]:
         """The work of `stages` a unit at a time: yields (fraction of the suite's clips done, the stage's scores or
         None between units), at least every STEP_SECONDS of work (`chunk` clips' features when given), so that a
         caller can drop a superseded merge at any step. Each unit runs inside `turn()` (which yields False when it
         is not this computation's turn yet: the step is retried after a yield); `running()`, entered inside a turn,
         yields the merged encoder (`encoder` is then ignored). `known`: stages already scored (by clips per class),
-        yielded as they are. `position`: where the merge sits between its parents (None: nowhere: their mean gap).
-        Without parents (None) a stage below the full suite is "uncorrected": the score on its own clips, which
-        estimates the subset's score, not the full suite's. `features`: the merge's clips' features computed so far
-        (e.g. by an earlier call for the same merge), extended here."""
+        yielded as they are. A stage below the full suite is corrected by the references (never by the merge's own
+        `key`); with fewer than two it is "uncorrected": the scores on its own clips, which estimate the subset's
+        score, not the full suite's. `features`: the merge's clips' features computed so far (e.g. by an earlier
+        call for the same merge), extended here. The full stage carries the merge's results on every ladder stage's
+        subset and, with `remember`, becomes a reference."""
         start = time.perf_counter()
         running = running or (lambda: nullcontext(encoder))
         features = features or ClipFeatures(self.suite, encoder)
@@ -475,28 +445,28 @@ class LiveProbes:
             subset = self.stage_subset(k)
             yield from self._features(features, subset.clips(), turn, running, chunk, lambda: len(features.rows) / total)
             done = len(features.rows) / total
+            results = yield from self._fit(subset, features.get, k, turn, done)
+            seconds = time.perf_counter() - start
             if k == 0:
-                results = yield from self._fit(subset, features.get, 0, turn, done)
-                yield 1.0, full_stage(results, self.domains, len(features.rows), time.perf_counter() - start, self.seed)
+                ladder = {}
+                for step in self.ladder:
+                    ladder[step] = yield from self._fit(self.subset(step), features.get, step, turn, done)
+                scores = full_stage(results, self.domains, len(features.rows), seconds, self.seed, ladder)
+                if remember:
+                    self.remember(key or f"merge {id(scores)}", scores, self._width(features))
+                yield 1.0, scores
                 return
-            if first is None or second is None:
-                results = yield from self._fit(subset, features.get, k, turn, done)
-                tasks = {task: subset_estimate(results[task]) for task in self.domains}
-                name = UNCORRECTED
-            else:
-                yield from self.preparation_steps(first, second, plan=[k], turn=turn)
-                results = yield from self._fit(subset, features.get, k, turn, done)
-                w = 0.5 if position is None else position
-                tasks = {task: corrected_estimate(results[task], first.stage[k][task], second.stage[k][task],
-                                                  (first.full[task], second.full[task]), w,
-                                                  (first.train_variance[k][task] + second.train_variance[k][task]) / 2)
-                         for task in self.domains}
-                name = "quick" if number == 0 else f"{k} per class"
-            yield done, LiveScores(name, k, tasks, self.domains, len(features.rows), time.perf_counter() - start, results)
+            references = yield from self.references(k, self._width(features), turn, exclude=key)
+            yield done, self._stage(k, number, results, references, len(features.rows), seconds)
 
+    @staticmethod
+    def _width(features: ClipFeatures) -> int:
+        return int(next(iter(features.rows.values())).shape[-1])
 
-def _training_variance(results: Sequence[TaskResult]) -> float:
-    """Variance of a task's accuracy over re-drawn subsets beyond what its test clips' sampling explains."""
-    accuracies = [r.accuracy for r in results]
-    sampling = np.mean([_binomial_variance(r.accuracy / 100, len(r.correct)) for r in results])
-    return max(float(np.var(accuracies, ddof=1)) - float(sampling), 0.0)
+    def _stage(self, k: int, number: int, results, references, clips: int, seconds: float) -> LiveScores:
+        if len(references) < 2:
+            tasks, averages = bootstrapped(results, self.domains, self.seed)
+            return LiveScores(UNCORRECTED, k, tasks, averages, self.domains, clips, seconds, results)
+        tasks, averages, models = corrected(results, references, self.domains)
+        name = "quick" if number == 0 else f"{k} per class"
+        return LiveScores(name, k, tasks, averages, self.domains, clips, seconds, results, references, models)

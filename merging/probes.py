@@ -100,6 +100,7 @@ class ProbeScores:
     accuracy: dict[str, float]  # task -> percent
     domains: dict[str, str]
     correct: dict[str, tuple[bool, ...]]  # task -> whether each test clip was classified correctly
+    clips: dict[str, tuple[int, ...]]  # task -> its test clips (tasks labelling the same clips share them)
 
     def _tasks(self, domain: str | None) -> list[str]:
         return [task for task in self.accuracy if domain is None or self.domains[task] == domain]
@@ -113,9 +114,12 @@ class ProbeScores:
         return {task: len(values) for task, values in self.correct.items()}
 
     def interval(self, domain: str | None = None, *, task: str | None = None, seed: int = 0) -> tuple[float, float]:
-        """95 % bootstrap interval over test clips of one task's accuracy, or of a domain's (or the overall) average."""
+        """95 % bootstrap interval over test clips of one task's accuracy, or of a domain's (or the overall) average
+        (tasks that label the same clips resampled together)."""
         tasks = [task] if task is not None else self._tasks(domain)
-        return average_interval({t: self.correct[t] for t in tasks}, seed=seed) if tasks else (float("nan"),) * 2
+        if not tasks:
+            return (float("nan"),) * 2
+        return average_interval({t: self.correct[t] for t in tasks}, self.clips, seed=seed)
 
     def as_row(self) -> dict:
         return {"scores": dict(self.accuracy), "speech_avg": self.average("speech"),
@@ -171,7 +175,8 @@ class ProbeSuite:
             hits = predicted == torch.tensor(task.test_y)
             accuracy[task.name] = 100.0 * hits.float().mean().item()
             correct[task.name] = tuple(hits.tolist())
-        return ProbeScores(accuracy, {task.name: task.domain for task in self.tasks}, correct)
+        return ProbeScores(accuracy, {task.name: task.domain for task in self.tasks}, correct,
+                           {task.name: tuple(task.test) for task in self.tasks})
 
     def predict(self, encoder, clip: np.ndarray, sample_rate: int, probes: dict[str, LinearProbe] | None = None) -> dict[str, dict[str, float]]:
         """Class probabilities per task for one clip of any length (pooled over time)."""

@@ -58,7 +58,8 @@ def test_table_has_every_row_and_column_and_json_parses(models_dir, tmp_path):
     gap, (low, high) = difference(loaded[1], loaded[2], "music")
     assert gap == pytest.approx(loaded[1].scores.average("music") - loaded[2].scores.average("music"))
     assert low <= gap <= high and (low, high) == difference_interval(
-        {"pitch_class": loaded[1].scores.correct["pitch_class"]}, {"pitch_class": loaded[2].scores.correct["pitch_class"]})
+        {"pitch_class": loaded[1].scores.correct["pitch_class"]}, {"pitch_class": loaded[2].scores.correct["pitch_class"]},
+        loaded[1].scores.clips)
     json_path, html_path = write_sweep(rows, tmp_path / "sweep.json")
     curves = json.loads(json_path.read_text())
     assert [p["alpha"] for p in curves["permute"]] == [0.0, 0.1, 0.5] and html_path.stat().st_size > 1000
@@ -81,11 +82,12 @@ def test_every_row_carries_sane_intervals_in_the_table_and_the_json(models_dir, 
             assert f"{entry[value]:.1f} [{low:.1f}, {high:.1f}]" in line
         # bootstrap of the per-clip results: a domain's interval is its one task's here, the overall one is over both
         correct = {task: [c == "1" for c in hits] for task, hits in entry["correct"].items()}
+        clips = {task: ids for task, ids in data["test_clip_ids"].items()}
         for task in correct:
-            assert entry["scores_ci"][task] == list(average_interval({task: correct[task]}))
+            assert entry["scores_ci"][task] == list(average_interval({task: correct[task]}, clips))
         assert entry["speech_avg_ci"] == entry["scores_ci"]["keyword"]
         assert entry["music_avg_ci"] == entry["scores_ci"]["pitch_class"]
-        assert entry["avg_ci"] == list(average_interval(correct)) == list(row.scores.interval())
+        assert entry["avg_ci"] == list(average_interval(correct, clips)) == list(row.scores.interval())
     # 8 clips per task: a task that is neither all right nor all wrong has a wide interval
     mixed = [e for e in data["rows"] if 0 < e["scores"]["keyword"] < 100]
     assert mixed and all(e["scores_ci"]["keyword"][1] - e["scores_ci"]["keyword"][0] >= 12.5 for e in mixed)

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from merging.encoders import Encoder
-from merging.live import (LiveProbes, TaskResult, corrected_estimate, full_subset, score_subset,
+from merging.live import (UNCORRECTED, ClipFeatures, LiveProbes, full_subset, score_subset, stage_difference,
                           stratified_subset)
 from merging.probes import ProbeSuite, ProbeTask
 from tiny import tiny_model
@@ -87,9 +87,9 @@ def merged_pair():
 def test_the_full_stage_equals_the_benchmark_scoring_after_quick_stages_reused_their_features():
     suite = tone_suite()
     first, second, merged = merged_pair()
-    live = LiveProbes(suite, resamples=3, ladder=(1, 2))
-    parents = live.parent(first), live.parent(second)
-    steps = list(live.steps(merged, *parents, 0.3, plan=[1, 2, 0], chunk=7))  # features in chunks of 7 clips
+    live = LiveProbes(suite, ladder=(1, 2))
+    live.parent(first), live.parent(second)  # the references
+    steps = list(live.steps(merged, plan=[1, 2, 0], chunk=7))  # features in chunks of 7 clips
     stages = [scores for _, scores in steps if scores is not None]
     assert [s.stage for s in stages] == ["quick", "2 per class", "full"]
     assert len(steps) > len(stages) + 10 and [f for f, _ in steps] == sorted(f for f, _ in steps)
@@ -99,18 +99,21 @@ def test_the_full_stage_equals_the_benchmark_scoring_after_quick_stages_reused_t
     assert {t: e.test_clips for t, e in full.tasks.items()} == benchmark.test_clips
     for task, estimate in full.tasks.items():
         assert (estimate.low, estimate.high) == pytest.approx(benchmark.interval(task=task))
+    for domain in ("speech", "music", None):  # averages: the benchmark's intervals, same clips resampled together
+        assert (full.average(domain).low, full.average(domain).high) == pytest.approx(benchmark.interval(domain))
     assert live.parent(first).full == ProbeSuite(suite.clips, suite.tasks).score(first, seed=0).accuracy
 
 
-def test_stages_report_their_clips_intervals_and_summary():
+def test_stages_report_their_clips_intervals_references_and_summary():
     suite = tone_suite()
     first, second, merged = merged_pair()
-    live = LiveProbes(suite, resamples=3, ladder=(1, 2))
-    quick = next(live.stages(merged, live.parent(first), live.parent(second), 0.3, plan=[1, 0]))
+    live = LiveProbes(suite, ladder=(1, 2))
+    live.parent(first), live.parent(second)
+    quick = next(live.stages(merged, plan=[1, 0]))
     subset = live.subset(1)
-    assert quick.stage == "quick" and quick.clips == len(subset.clips())
+    assert quick.stage == "quick" and quick.clips == len(subset.clips()) and len(quick.references) == 2
     summary = quick.summary()
-    assert summary["stage"] == "quick"
+    assert summary["stage"] == "quick" and summary["references"] == 2
     assert summary["test_clips"] == {task: len(subset.test[task]) for task in summary["scores"]}
     assert set(summary["intervals"]) == {"band", "loudness", "chord", "speech_avg", "music_avg", "avg"}
     for name, (low, high) in summary["intervals"].items():
@@ -118,27 +121,66 @@ def test_stages_report_their_clips_intervals_and_summary():
         assert 0 <= low <= value <= high <= 100
 
 
-def result(correct):
-    return TaskResult(100.0 * sum(correct) / len(correct), tuple(correct))
+def returned(generator):
+    """A generator's return value, once it has run to its end."""
+    try:
+        while True:
+            next(generator)
+    except StopIteration as done:
+        return done.value
 
 
-def test_the_correction_adds_the_parents_gap_interpolated_by_position():
-    merged, first, second = result([1, 1, 0, 0]), result([1, 0, 0, 0]), result([1, 1, 1, 0])
-    estimate = corrected_estimate(merged, first, second, (45.0, 85.0), 0.25, 0.0)
-    gap = 0.75 * (45 - 25) + 0.25 * (85 - 75)
-    assert estimate.score == pytest.approx(50 + gap)
-    assert estimate.raw == 50 and estimate.test_clips == 4
-    assert estimate.low < estimate.score < estimate.high
-    wider = corrected_estimate(merged, first, second, (45.0, 85.0), 0.25, 40.0)
-    assert wider.high - wider.low > estimate.high - estimate.low
-    clipped = corrected_estimate(result([1, 1, 1, 1]), first, second, (100.0, 100.0), 0.5, 0.0)
-    assert clipped.score == 100 and clipped.high == 100
+def test_a_merge_scored_on_the_full_suite_becomes_a_reference_for_every_ladder_stage():
+    suite = tone_suite()
+    first, second, merged = merged_pair()
+    live = LiveProbes(suite, ladder=(1, 2))
+    live.parent(first)
+    full = list(live.stages(merged, plan=[0], key="merge A"))[-1]
+    assert set(full.ladder) == {1, 2}
+    rows = ProbeSuite(suite.clips, suite.tasks).features(merged)
+    assert full.ladder[1] == score_subset(suite, live.subset(1), lambda idx: rows[list(idx)],
+                                          iterations=live.quick_iterations)
+    width = merged.model.config.hidden_size
+    references = returned(live.references(1, width))  # the input's subset scores are computed when first needed
+    assert len(references) == 2 and "merge A" in {r.key for r in references}
+    assert [r.key for r in returned(live.references(1, width, exclude="merge A"))] == [
+        r.key for r in references if r.key != "merge A"]
+    alone = next(live.stages(merged, plan=[1], key="merge A"))  # never corrected by itself: one reference left
+    assert alone.stage == UNCORRECTED and len(alone.references) == 0
 
 
-def test_a_parent_is_estimated_exactly_by_its_own_gap():
-    parent = result([1, 0, 1, 1, 0])
-    estimate = corrected_estimate(parent, parent, result([0, 0, 1, 1, 1]), (71.0, 30.0), 0.0, 0.0)
-    assert estimate.score == pytest.approx(71.0)
+def test_with_fewer_than_two_references_a_stage_is_uncorrected_and_its_features_carry_on():
+    suite = tone_suite()
+    first, second, merged = merged_pair()
+    live = LiveProbes(suite, ladder=(1, 2))
+    features = ClipFeatures(suite, merged)
+    early = next(live.stages(merged, plan=[1]))  # before the inputs are scored
+    assert early.stage == UNCORRECTED and early.accuracy == {t: e.raw for t, e in early.tasks.items()}
+    for task, estimate in early.tasks.items():
+        assert 0 <= estimate.low <= estimate.score <= estimate.high <= 100
+    list(live.steps(merged, plan=[1], features=features))
+    computed = set(features.rows)
+    live.parent(first), live.parent(second)
+    later = [s for _, s in live.steps(merged, plan=[1, 0], features=features) if s is not None]
+    assert [s.stage for s in later] == ["quick", "full"] and computed <= set(features.rows)
+
+
+def test_a_difference_at_one_stage_is_paired_and_at_the_full_suite_is_the_benchmarks():
+    from merging.benchmark import Row, difference
+
+    suite = tone_suite()
+    first, second, merged = merged_pair()
+    live = LiveProbes(suite, ladder=(1, 2))
+    live.parent(first), live.parent(second)
+    a = list(live.stages(merged, plan=[1, 0], key="a", remember=False))
+    b = list(live.stages(first, plan=[1, 0], key="b", remember=False))
+    value, low, high = stage_difference(a[0], a[0])
+    assert value == 0 and low <= 0 <= high and high - low < 1e-9 + (a[0].average().high - a[0].average().low)
+    value, low, high = stage_difference(a[-1], b[-1], "music")
+    rows = [Row(name, None, None, ProbeSuite(suite.clips, suite.tasks).score(enc, seed=0)) for name, enc in
+            (("a", merged), ("b", first))]
+    expected, (exp_low, exp_high) = difference(rows[0], rows[1], "music")
+    assert (value, low, high) == pytest.approx((expected, exp_low, exp_high))
 
 
 def test_the_plan_fits_the_quick_stage_to_the_budget_and_answers_with_the_full_suite_when_that_fits():
@@ -155,17 +197,6 @@ def test_the_plan_fits_the_quick_stage_to_the_budget_and_answers_with_the_full_s
     assert live.plan() == [0]
     live.budget_seconds = 1e-9
     assert live.plan()[0] == 1
-
-
-def test_training_noise_is_measured_on_the_parents():
-    suite = tone_suite()
-    first, _, _ = merged_pair()
-    live = LiveProbes(suite, resamples=4, ladder=(1,))
-    parent = live.parent(first)
-    live.calibrate(parent, 1)
-    assert set(parent.train_variance[1]) == {"band", "loudness", "chord"}
-    assert all(v >= 0 and math.isfinite(v) for v in parent.train_variance[1].values())
-    assert parent.stage[1] == score_subset(suite, live.subset(1), parent.take, iterations=live.quick_iterations)
 
 
 def test_probe_bars_draw_each_interval_and_test_clip_count():
@@ -191,22 +222,3 @@ def test_the_tradeoff_curve_shows_both_methods_and_stars_the_merge_with_its_inte
     star = fig.data[-1]
     assert list(star.error_y.array) == [8] and list(star.error_y.arrayminus) == [5]
     assert list(star.error_x.array) == [1] and list(star.error_x.arrayminus) == [5]
-
-
-def test_without_parents_a_stage_is_the_uncorrected_score_on_its_own_clips_and_its_features_carry_on():
-    from merging.live import UNCORRECTED, ClipFeatures
-
-    suite = tone_suite()
-    first, second, merged = merged_pair()
-    live = LiveProbes(suite, resamples=3, ladder=(1, 2))
-    features = ClipFeatures(suite, merged)
-    early = next(live.stages(merged, None, None, 0.3, plan=[1]))  # before the inputs are scored
-    assert early.stage == UNCORRECTED and early.accuracy == {t: e.raw for t, e in early.tasks.items()}
-    for task, estimate in early.tasks.items():
-        assert 0 <= estimate.low <= estimate.score <= estimate.high <= 100 and estimate.high > estimate.low
-    list(live.steps(merged, None, None, 0.3, plan=[1], features=features))
-    computed = set(features.rows)
-    later = [s for _, s in live.steps(merged, live.parent(first), live.parent(second), 0.3, plan=[1, 0],
-                                      features=features) if s is not None]
-    assert [s.stage for s in later] == ["quick", "full"] and computed <= set(features.rows)
-    assert later[0].clips == len(live.subset(1).clips())  # the same clips' features, not computed again

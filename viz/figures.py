@@ -136,26 +136,34 @@ def probe_bars(scores: Mapping[str, Mapping[str, float]], domains: Mapping[str, 
 
 
 def tradeoff_curve(curves: Mapping[str, Sequence[Mapping[str, float]]], current: Mapping[str, float] | None = None,
-                   *, title: str = "speech vs music trade-off over α") -> go.Figure:
+                   *, previous: Mapping[str, float] | None = None,
+                   title: str = "speech vs music trade-off over α") -> go.Figure:
     """Speech average vs music average over alpha, one line per method (the paper's picture: linear and
-    permute together); `current` stars this merge, with error bars when it has `speech_interval` and
-    `music_interval` ((low, high) each). A point's text is its `label` when it has one, else its alpha."""
+    permute together); `current` stars this merge and `previous` marks the one before it, each with error bars when
+    it has `speech_interval` and `music_interval` ((low, high) each). A point's text is its `label` when it has one,
+    else its alpha."""
     fig = go.Figure()
     for method, points in curves.items():
         fig.add_trace(go.Scatter(
             x=[p["music_avg"] for p in points], y=[p["speech_avg"] for p in points], mode="lines+markers+text",
             name=method, text=[p.get("label") or f"α={p['alpha']:g}" for p in points], textposition="top center",
         ))
-    if current:
-        x, y = current["music_avg"], current["speech_avg"]
-        bars = {}
-        for axis, key, value in (("error_x", "music_interval", x), ("error_y", "speech_interval", y)):
-            if current.get(key):
-                low, high = current[key]
-                bars[axis] = dict(type="data", symmetric=False, array=[high - value], arrayminus=[value - low],
-                                  color="black", thickness=1.2)
-        fig.add_trace(go.Scatter(x=[x], y=[y], mode="markers", name=current.get("name", "this merge"),
-                                 marker=dict(symbol="star", size=16, color="black"), **bars))
+    for point, name, symbol, colour in ((previous, "your previous merge", "diamond-open", "grey"),
+                                        (current, "this merge", "star", "black")):
+        if point:
+            fig.add_trace(_marked(point, point.get("name", name), symbol, colour))
     fig.update_layout(title=title, xaxis_title="music probe average (%)",
                       yaxis_title="speech probe average (%)", height=420, margin=dict(l=50, r=20, t=50, b=50))
     return fig
+
+
+def _marked(point: Mapping, name: str, symbol: str, colour: str) -> go.Scatter:
+    """One merge on the trade-off plane, with its intervals as error bars."""
+    x, y = point["music_avg"], point["speech_avg"]
+    bars = {}
+    for axis, key, value in (("error_x", "music_interval", x), ("error_y", "speech_interval", y)):
+        if point.get(key):
+            low, high = point[key]
+            bars[axis] = dict(type="data", symmetric=False, array=[high - value], arrayminus=[value - low],
+                              color=colour, thickness=1.2)
+    return go.Scatter(x=[x], y=[y], mode="markers", name=name, marker=dict(symbol=symbol, size=16, color=colour), **bars)
