@@ -4,6 +4,7 @@ from __future__ import annotations
 import contextlib
 import json
 import socket
+import threading
 from pathlib import Path
 
 import pytest
@@ -73,6 +74,12 @@ def served(service):
         yield f"http://127.0.0.1:{port}/"
     finally:
         demo.close()
+        # close() stops the server, not a handler still running in a Gradio worker thread (a refinement) nor the
+        # scorer's input threads: daemon threads, and one still inside torch when the interpreter finalizes aborts it
+        # ("terminate called without an active exception", exit 134)
+        for thread in threading.enumerate():
+            if thread.name == "AnyIO worker thread" or thread.name.startswith("scores of "):
+                thread.join(timeout=120)
 
 
 @pytest.fixture(scope="session")
