@@ -33,7 +33,8 @@ import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from live_encoders import INPUTS, SETTINGS, STARTUP, build, load_models, speech_music_alignment  # noqa: E402
+from live_encoders import (INPUT_ROWS, INPUTS, SETTINGS, STARTUP, build, load_models,  # noqa: E402
+                            speech_music_alignment)
 from merging.estimate import (AVERAGES, Reference, bootstrapped, corrected, draws, full_difference,  # noqa: E402
                               inflation, tasks_of)
 from merging.estimate import _quantile as quantile  # noqa: E402
@@ -49,10 +50,12 @@ def spearman(a, b) -> float:
     return float(np.corrcoef(*ranks)[0, 1])
 
 
-def score_everything(suite, live, models, alignment) -> dict[str, dict]:
-    """Per setting: full-suite results, results on every ladder stage's subset, and the seconds its features took."""
-    scored = {}
-    for setting in SETTINGS:
+def score_everything(suite, live, models, alignment, scored: dict) -> dict[str, dict]:
+    """Per setting (and input): full-suite results, results on every ladder stage's subset, and the seconds its
+    features took; those in `scored` already are kept."""
+    for setting in (*SETTINGS, *INPUT_ROWS):
+        if setting.name in scored:
+            continue
         start = time.perf_counter()
         rows = suite.features(build(setting, models, alignment))
         features_s = time.perf_counter() - start
@@ -170,29 +173,28 @@ def main() -> None:
     live = LiveProbes(suite, budget_seconds=args.budget)
     domains = live.domains
     start = time.perf_counter()
-    if args.results and args.results.exists():
-        scored = pickle.loads(args.results.read_bytes())
-    else:
-        scored = score_everything(suite, live, models, alignment)
-        if args.results:
-            args.results.write_bytes(pickle.dumps(scored))
+    scored = pickle.loads(args.results.read_bytes()) if args.results and args.results.exists() else {}
+    scored = score_everything(suite, live, models, alignment, scored)
+    if args.results:
+        args.results.write_bytes(pickle.dumps(scored))
+    spread = {setting.name: scored[setting.name] for setting in SETTINGS}
     live.clip_seconds = sum(m["features_s"] for m in scored.values()) / (len(scored) * len(suite.clips))
-    print(f"{len(scored)} merges scored in {time.perf_counter() - start:.0f} s "
+    print(f"{len(spread)} merges (and {len(scored) - len(spread)} more inputs) scored in {time.perf_counter() - start:.0f} s "
           f"({live.clip_seconds * 1e3:.1f} ms of features per clip)")
     refined = next(k for k in live.ladder if len(live.subset(k).clips()) >= 3 * len(live.subset(args.per_class).clips()))
     chosen = [k for k in live.plan() if k]
     stages = {f"quick, {args.per_class} per class": args.per_class, f"refined, {refined} per class": refined,
               **{f"budget: {'quick' if i == 0 else 'refined'}, {k} per class": k for i, k in enumerate(chosen)}}
-    out = {"plan_budget": live.plan(), "clip_ms": live.clip_seconds * 1e3, "merges": list(scored), "stages": {}}
+    out = {"plan_budget": live.plan(), "clip_ms": live.clip_seconds * 1e3, "merges": list(spread), "stages": {}}
     for label, k in stages.items():
         pool = {key: Reference(key, scored[key]["full"], scored[key]["ladder"][k]) for key in pool_keys()}
-        estimates = stage_estimates(scored, k, domains, pool)
-        f = figures(scored, estimates, stage_calls(scored, estimates, k, domains, pool), domains)
+        estimates = stage_estimates(spread, k, domains, pool)
+        f = figures(spread, estimates, stage_calls(spread, estimates, k, domains, pool), domains)
         out["stages"][label] = {"per_class": k, **f}
         report(label, f)
-    full_estimates = {m: dict(zip(("tasks", "averages"), bootstrapped(scored[m]["full"], domains)))
-                      for m in scored}
-    f = figures(scored, full_estimates, full_calls(scored, domains), domains)
+    full_estimates = {m: dict(zip(("tasks", "averages"), bootstrapped(spread[m]["full"], domains)))
+                      for m in spread}
+    f = figures(spread, full_estimates, full_calls(spread, domains), domains)
     out["stages"]["full"] = {"per_class": 0, **f}
     report("full suite", f)
     if args.json:

@@ -36,6 +36,8 @@ SETTINGS = (
     Setting("multi-teacher student", None, {}, "student_multi"),
     *(Setting(f"speech_ft@{a:g}", "speech_ft", {"alpha": a}) for a in (0.25, 0.5)),
 )
+# the inputs of the merges above that are not rows of their own, scored only as references
+INPUT_ROWS = tuple(Setting(role, None, {}, role) for role in INPUTS if role not in {s.role for s in SETTINGS})
 # the merges the app scores on the full suite at start-up: its references beside the inputs
 STARTUP = tuple(f"{method}@{setting['alpha']:g}" for method in ("linear", "permute") for setting in grid(method))
 
