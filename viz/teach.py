@@ -25,7 +25,7 @@ def _r(value: float) -> str:
 
 def unit_traces_figure(traces) -> go.Figure:
     """A speech unit's activation over a clip with its matched music unit's and the same-index music unit's
-    (a `merging.teach.UnitTraces`), each standardised so that shapes compare; correlations in the legend."""
+    (a `merging.units.UnitTraces`), each standardised so that shapes compare; correlations in the legend."""
     step = max(1, len(traces.seconds) // MAX_POINTS)
     x = traces.seconds[::step]
     lines = [
