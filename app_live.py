@@ -26,7 +26,7 @@ def bar_data(scoring, recipe: MergeRecipe, scores: LiveScores) -> tuple[dict, di
         full = scoring.parent(key).full_results
         name = app_text.display_role(role)
         values[name] = {t: r.accuracy for t, r in full.items()}
-        intervals[name] = {t: average_interval({t: r.correct}) for t, r in full.items()}
+        intervals[name] = {t: average_interval({t: r.correct}, {t: r.clips}) for t, r in full.items()}
         counts[name] = {t: len(r.correct) for t, r in full.items()}
         if len(values) == 1:  # the merge sits between its inputs
             values["merged"] = {t: round(e.score, 2) for t, e in scores.tasks.items()}  # as the summary gives them

@@ -193,15 +193,14 @@ class Scoring:
     def _stages(self, recipe: MergeRecipe, lease: Lease | None, known: dict[int, LiveScores]) -> Iterator[Step]:
         refining = [False]
         turn = self._turns(lambda: refining[0], lease, droppable=lambda: refining[0])
-        parents = []
-        for _, key in recipe.ends:
-            parents.append((yield from self.parent_steps(key, lease)))
+        for _, key in recipe.ends:  # the inputs' full-suite scores: the references that correct the first stages
+            yield from self.parent_steps(key, lease)
         live = self.live
         plan = live.plan(self.budget_seconds / (1 + self.runner.people))  # others waiting share the first answer's time
         if known:  # the best stage known first, then the full suite
             plan = [max(known), 0]
-        for fraction, scores in live.steps(None, *parents, recipe.position, plan=plan, turn=turn,
-                                           running=lambda: self.lab.loaded(recipe), known=known):
+        for fraction, scores in live.steps(None, plan=plan, turn=turn, running=lambda: self.lab.loaded(recipe),
+                                           known=known, key=recipe.key):
             if scores is not None:
                 refining[0] = True
                 if scores.probes is not None:
@@ -239,8 +238,8 @@ class Scoring:
             if 0 in known:
                 yield index, (1.0, known[0])
                 continue
-            steps = self.live.steps(None, None, None, None, plan=[0], turn=self._turns(lambda: True, lease),
-                                    running=lambda recipe=recipe: self.lab.loaded(recipe))
+            steps = self.live.steps(None, plan=[0], turn=self._turns(lambda: True, lease),
+                                    running=lambda recipe=recipe: self.lab.loaded(recipe), key=recipe.key)
             for fraction, scores in steps:
                 if scores is not None:
                     self._keep(recipe, scores)
