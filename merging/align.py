@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor, as_completed
+from concurrent.futures import Future, ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -145,23 +145,41 @@ def assignment_workers() -> int:
     return max(1, torch.get_num_threads())
 
 
-def _solve_all(spec, similarities: dict[str, torch.Tensor], absolute: bool,
-               progress: Callable[[float], None] | None = None) -> dict[str, GroupAlignment]:
-    """Every unit's assignment, in parallel threads, largest first (their cost grows ~ size^3)."""
-    units = sorted(_tied_units(spec, list(similarities)), key=lambda unit: -spec.groups[unit[0]].size)
-    work = {unit: spec.groups[unit[0]].size ** 3 / spec.groups[unit[0]].block for unit in units}
-    scores = {unit: [similarities[n].abs() if absolute else similarities[n] for n in unit] for unit in units}
-    result, done = {}, 0.0
-    with ThreadPoolExecutor(max_workers=assignment_workers()) as pool:
-        futures = {pool.submit(solve_blocked, scores[unit], spec.groups[unit[0]].block): unit for unit in units}
-        for future in as_completed(futures):
-            unit = futures[future]
-            for name, perm in zip(unit, future.result()):
-                result[name] = _group_alignment(spec.groups[name], similarities[name], perm, absolute)
-            done += work[unit]
+class Assignments:
+    """The assignments of an alignment's units (groups tied to a shared block order form one unit), each solved in
+    a worker thread (scipy's solver releases the interpreter lock) as soon as its similarities are given, so that
+    the units whose statistics are final are solved while the encoders still run on the others."""
+
+    def __init__(self, spec: PermutationSpec, names: Sequence[str], absolute: bool, pool: ThreadPoolExecutor) -> None:
+        self.spec, self.names, self.absolute, self.pool = spec, list(names), absolute, pool
+        self.units = _tied_units(spec, self.names)
+        self.similarities: dict[str, torch.Tensor] = {}
+        self._futures: dict[tuple[str, ...], Future] = {}
+
+    def give(self, name: str, similarity: torch.Tensor) -> None:
+        """A group's final similarity matrix; its unit is solved once all of the unit's groups are given."""
+        self.similarities[name] = similarity
+        for unit in self.units:
+            if name in unit and all(n in self.similarities for n in unit):
+                scores = [self.similarities[n].abs() if self.absolute else self.similarities[n] for n in unit]
+                self._futures[unit] = self.pool.submit(solve_blocked, scores, self.spec.groups[unit[0]].block)
+
+    def result(self, progress: Callable[[float], None] | None = None) -> dict[str, GroupAlignment]:
+        """Every group's alignment, in the order of `names`, once every unit is solved (`progress(fraction)` as
+        units finish, by their cost: ~ size^3 per block)."""
+        missing = [n for n in self.names if n not in self.similarities]
+        if missing:
+            raise ValueError(f"no similarity given for {', '.join(missing)}")
+        work = {unit: self.spec.groups[unit[0]].size ** 3 / self.spec.groups[unit[0]].block for unit in self.units}
+        units = {future: unit for unit, future in self._futures.items()}
+        result, done = {}, 0.0
+        for future in as_completed(units):
+            for name, perm in zip(units[future], future.result()):
+                result[name] = _group_alignment(self.spec.groups[name], self.similarities[name], perm, self.absolute)
+            done += work[units[future]]
             if progress:
                 progress(done / sum(work.values()))
-    return {name: result[name] for name in similarities}
+        return {name: result[name] for name in self.names}
 
 
 # -- correlation matching -------------------------------------------------------------------------
@@ -260,6 +278,7 @@ class _Streams:
     stats: dict[Tap, CrossCorrelation] = field(default_factory=dict)
     pending: dict[Tap, tuple] = field(default_factory=dict)
     seconds: float = 0.0  # spent in the correlation products
+    final: Callable[[Tap], None] | None = None  # called once a tap's statistics are complete (the last batch)
     generator: torch.Generator = field(default_factory=lambda: torch.Generator().manual_seed(0))
 
     def keep_speech(self, tap: Tap, x: torch.Tensor) -> None:
@@ -273,6 +292,8 @@ class _Streams:
         speech, positions, frames = self.pending.pop(tap)
         self.stats.setdefault(tap, CrossCorrelation()).update(speech, frames_at(x.to(speech.device), positions, frames))
         self.seconds += time.perf_counter() - start
+        if self.final is not None:
+            self.final(tap)
 
 
 def conv_frames_kept(model, clip_samples: int, per_frame: int = 4) -> dict[int, int]:
@@ -326,34 +347,63 @@ def correlation_align(
         raise MergeError("correlation alignment needs at least one calibration clip")
     taps = activation_taps([spec.groups[name] for name in names])
     batches = list(equal_length_batches(clips, batch_size))
-    started, done = time.perf_counter(), 0
     streams = _Streams()
-    for batch in batches:
+    with ThreadPoolExecutor(max_workers=assignment_workers()) as pool:
+        assignments = Assignments(spec, names, absolute, pool)
+        streams.final = _solve_when_final(streams, taps, assignments)
+        passes = _stream_passes(speech, music, batches, len(clips), sample_rate, taps, streams, conv_frames_per_frame,
+                                progress)
+        start = time.perf_counter()
+        assigned = (lambda f: progress(PASSES_SHARE + (1 - PASSES_SHARE) * f, "assignments")) if progress else None
+        groups = assignments.result(assigned)
+    timings = {"activations": passes - streams.seconds, "correlation": streams.seconds,
+               "assignment": time.perf_counter() - start}
+    return Alignment(spec, "correlation", components, absolute, groups, timings)
+
+
+def _stream_passes(speech, music, batches, total: int, sample_rate: int, taps, streams: _Streams,
+                   conv_frames_per_frame: int | None, progress: Progress | None) -> float:
+    """Both encoders' passes over every batch feeding `streams` (the last batch's completing each tap's statistics);
+    the wall seconds they took."""
+    started, done = time.perf_counter(), 0
+    final, streams.final = streams.final, None
+    for index, batch in enumerate(batches):
         if conv_frames_per_frame is not None:
             samples = round(len(batch[0]) * speech.sample_rate / sample_rate)
             streams.conv_kept = conv_frames_kept(speech.model, samples, conv_frames_per_frame)
         run_tapped(speech, encoder_input(speech, batch, sample_rate), taps, streams.keep_speech)
         if progress:
             elapsed = time.perf_counter() - started
-            progress(PASSES_SHARE * (done + len(batch) / 2) / len(clips),
-                     f"calibration clips {done}/{len(clips)}, speech pass{_eta(elapsed, done + len(batch) / 2, len(clips))}")
+            progress(PASSES_SHARE * (done + len(batch) / 2) / total,
+                     f"calibration clips {done}/{total}, speech pass{_eta(elapsed, done + len(batch) / 2, total)}")
+        streams.final = final if index == len(batches) - 1 else None
         run_tapped(music, encoder_input(music, batch, sample_rate), taps, streams.add_music)
         done += len(batch)
         if progress:
             elapsed = time.perf_counter() - started
-            progress(PASSES_SHARE * done / len(clips), f"calibration clips {done}/{len(clips)}{_eta(elapsed, done, len(clips))}")
-    passes = time.perf_counter() - started
-    start = time.perf_counter()
-    similarities = {}
-    for name in names:  # a query/key group is matched on both projections
-        matrices = [streams.stats[tap].matrix() for tap in taps if tap.group == name]
-        similarities[name] = sum(matrices) / len(matrices)
-    correlation = streams.seconds + time.perf_counter() - start
-    start = time.perf_counter()
-    assigned = (lambda f: progress(PASSES_SHARE + (1 - PASSES_SHARE) * f, "assignments")) if progress else None
-    groups = _solve_all(spec, similarities, absolute, assigned)
-    timings = {"activations": passes - streams.seconds, "correlation": correlation, "assignment": time.perf_counter() - start}
-    return Alignment(spec, "correlation", components, absolute, groups, timings)
+            progress(PASSES_SHARE * done / total, f"calibration clips {done}/{total}{_eta(elapsed, done, total)}")
+    return time.perf_counter() - started
+
+
+def _solve_when_final(streams: _Streams, taps, assignments: Assignments) -> Callable[[Tap], None]:
+    """What the last music pass calls as each tap's statistics complete: once all of a group's taps are (a query/key
+    group is matched on both projections, their matrices averaged), its similarity goes to `assignments`, whose
+    worker threads solve it while the pass goes on through the later layers."""
+    left = {}
+    for tap in taps:
+        left[tap.group] = left.get(tap.group, 0) + 1
+
+    def final(tap: Tap) -> None:
+        left[tap.group] -= 1
+        if left[tap.group]:
+            return
+        start = time.perf_counter()
+        matrices = [streams.stats[t].matrix() for t in taps if t.group == tap.group]
+        similarity = sum(matrices) / len(matrices)
+        streams.seconds += time.perf_counter() - start
+        assignments.give(tap.group, similarity)
+
+    return final
 
 
 def _spec_of(model) -> PermutationSpec:

@@ -6,6 +6,8 @@ What belongs to one person lives in a `LabSession` value; every operation takes 
 """
 from __future__ import annotations
 
+import functools
+import hashlib
 import shutil
 import threading
 import time
@@ -23,7 +25,7 @@ from ..checkpoint import save_encoder, zip_encoder_dir
 from ..encoders import Encoder, check_compatible, encoder_from_state
 from ..pipeline import align, check_sample_rates, merge_record
 from ..registry import get_method
-from ..spec import COMPONENTS
+from ..spec import COMPONENTS, hubert_spec
 from ..state import MergeError
 from ..tradeoff import grid
 from .allowlist import AllowList
@@ -33,6 +35,7 @@ from .exports import ExportFolder
 from .pool import weights_of
 from .runner import Runner
 from .session import LabSession, MergeRecipe, MergeResult, permutations_only
+from .store import STORE_FORMAT, Store, alignment_entry, alignment_of, code_version, digest
 
 
 @dataclass(frozen=True)
@@ -50,18 +53,20 @@ class EncoderRow:
 class Lab:
     """Shared by every session of one server; thread-safe."""
 
-    def __init__(self, config: LabConfig | None = None, runner: Runner | None = None) -> None:
+    def __init__(self, config: LabConfig | None = None, runner: Runner | None = None, store: Store | None = None) -> None:
         self.config = config or LabConfig()
         self.encoders = AllowList(self.config.models_dir, self.config.extra_encoders)
         self.runner = runner or Runner(self.config.device, self.config.threads)
-        self.exports = ExportFolder(keep=8, max_bytes=self.config.max_disk_bytes // 2)
+        self.store = store  # results kept on disk across restarts (alignments here, scores by the scorer)
+        self.exports = ExportFolder(keep=8, max_bytes=self.config.files_bytes // 2)
         self._calibration: tuple[list[np.ndarray], str] | None = None
+        self._calibration_checksum: str | None = None
         self._alignments: OrderedDict[tuple, Alignment] = OrderedDict()
         self._lock = threading.RLock()  # the lab's caches
 
     def keep_exports_in(self, parent: Path) -> None:
         """Write the exports under `parent` from now on (the app's file cache: served from there, not copied)."""
-        self.exports = ExportFolder(keep=8, parent=parent, max_bytes=self.config.max_disk_bytes // 2)
+        self.exports = ExportFolder(keep=8, parent=parent, max_bytes=self.config.files_bytes // 2)
 
     @property
     def device(self) -> str:
@@ -75,6 +80,17 @@ class Lab:
 
                 self._calibration = builtin_calibration(limit=self.config.calibration_limit)
             return self._calibration
+
+    def calibration_checksum(self) -> str:
+        """A checksum of the calibration clips (an alignment's key names what it was computed from)."""
+        with self._lock:
+            if self._calibration_checksum is None:
+                hashed = hashlib.blake2b(digest_size=16)
+                for clip in self.calibration()[0]:
+                    hashed.update(np.ascontiguousarray(clip, dtype=np.float32).tobytes())
+                    hashed.update(b"|")
+                self._calibration_checksum = hashed.hexdigest()
+            return self._calibration_checksum
 
     def default_sources(self) -> dict[str, str]:
         return {role: self.encoders.default(role) for role in LAB_ROLES}
@@ -158,22 +174,47 @@ class Lab:
             raise MergeError(f"choose at least one component to permute among {', '.join(COMPONENTS)}")
         speech, music = self.encoders.get(speech_key), self.encoders.get(music_key)
         check_compatible(speech.config, music.config, names=(speech_key, music_key))
-        key = (self.checksum(speech_key), self.checksum(music_key), components, bool(absolute))
+        key = self.alignment_key(speech_key, music_key, components, absolute)
         alignment = self._alignments.get(key)  # a cached one needs no compute: it does not queue behind merges
+        if alignment is None:
+            alignment = self._stored_alignment(key, speech)
+            if alignment is not None:
+                self._remember(key, alignment)
+                if progress:
+                    progress(1.0, "stored alignment")
+        elif progress:
+            progress(1.0, "cached alignment")
         if alignment is None:
             with self.runner.turn():
                 alignment = self._alignments.get(key)
                 if alignment is None:
                     clips, _ = self.calibration()
                     alignment = self._run_alignment(speech, music, clips, components, absolute, progress)
-                    with self._lock:
-                        self._alignments[key] = alignment
-                        while len(self._alignments) > 4:
-                            self._alignments.popitem(last=False)
-        elif progress:
-            progress(1.0, "cached alignment")
+                    if self.store is not None:
+                        self.store.put(alignment_store_key(key), alignment_entry(alignment))
+                    self._remember(key, alignment)
         return replace(session, alignment=permutations_only(alignment), alignment_key=key,
                        alignment_pair=(speech_key, music_key))
+
+    def alignment_key(self, speech_key: str, music_key: str, components: Sequence[str] = PAPER_COMPONENTS,
+                      absolute: bool = True) -> tuple:
+        """What an alignment is computed from: both encoders' checksums, its settings, and a checksum of the
+        calibration clips with the alignment code's version (a recipe's key, and so its stored scores, carry it)."""
+        produced = digest(self.calibration_checksum(), _alignment_code())
+        return (self.checksum(speech_key), self.checksum(music_key), tuple(components), bool(absolute), produced)
+
+    def _stored_alignment(self, key: tuple, speech: Encoder) -> Alignment | None:
+        entry = self.store.get(alignment_store_key(key)) if self.store is not None else None
+        if entry is None:
+            return None
+        return alignment_of(entry, hubert_spec(speech.model.config, list(speech.model.state_dict())))
+
+    def _remember(self, key: tuple, alignment: Alignment) -> None:
+        with self._lock:
+            self._alignments[key] = alignment
+            self._alignments.move_to_end(key)
+            while len(self._alignments) > 4:
+                self._alignments.popitem(last=False)
 
     def alignment_view(self, session: LabSession) -> Alignment:
         """The session's alignment with its similarity matrices (kept for the last few alignments)."""
@@ -239,7 +280,7 @@ class Lab:
         return recipes
 
     def _default_aligned(self, speech_key: str, music_key: str) -> LabSession | None:
-        key = (self.checksum(speech_key), self.checksum(music_key), tuple(PAPER_COMPONENTS), True)
+        key = self.alignment_key(speech_key, music_key)
         alignment = self._alignments.get(key)
         if alignment is None:
             return None
@@ -273,6 +314,18 @@ class Lab:
         shutil.rmtree(saved, ignore_errors=True)
         self.exports.prune()
         return archive
+
+
+def alignment_store_key(key: tuple) -> tuple:
+    """The result store's key of the alignment `Lab.alignment_key` names."""
+    return ("alignment", STORE_FORMAT, *key)
+
+
+@functools.cache
+def _alignment_code() -> str:
+    from .. import align, features, spec
+
+    return code_version(align, features, spec)
 
 
 def _differs(a: Encoder, b: Encoder) -> bool:
