@@ -10,9 +10,9 @@ import gradio as gr
 
 import app_text
 from merging.live import LiveScores
+from merging.service.comparisons import compared, latest_like
 from merging.service.scoring import point
 from merging.service.session import MergeRecipe
-from merging.stats import average_interval
 from viz.figures import MERGED, MUSIC, SPEECH, probe_bars, tradeoff_curve
 
 BAR_COLOURS = {"speech": SPEECH, "music": MUSIC, "fine-tuned": MUSIC, "merged": MERGED}
@@ -20,18 +20,16 @@ PROGRESS_SECONDS = 0.5  # between two progress lines while a stage computes (eac
 
 
 def bar_data(scoring, recipe: MergeRecipe, scores: LiveScores) -> tuple[dict, dict, dict]:
-    """Scores, intervals and test-clip counts by bar name: the two inputs (full suite) and the merge (this stage)."""
+    """Scores, intervals and test-clip counts by bar name: the two inputs (full suite, once known) and the merge (this
+    stage) between them."""
+    shown = [(app_text.display_role(role), scoring.input_stage(key)) for role, key in recipe.ends]
+    shown.insert(1, ("merged", scores))
     values, intervals, counts = {}, {}, {}
-    for role, key in recipe.ends:
-        full = scoring.parent(key).full_results
-        name = app_text.display_role(role)
-        values[name] = {t: r.accuracy for t, r in full.items()}
-        intervals[name] = {t: average_interval({t: r.correct}, {t: r.clips}) for t, r in full.items()}
-        counts[name] = {t: len(r.correct) for t, r in full.items()}
-        if len(values) == 1:  # the merge sits between its inputs
-            values["merged"] = {t: round(e.score, 2) for t, e in scores.tasks.items()}  # as the summary gives them
-            intervals["merged"] = {t: (e.low, e.high) for t, e in scores.tasks.items()}
-            counts["merged"] = {t: e.test_clips for t, e in scores.tasks.items()}
+    for name, stage in shown:
+        if stage is not None:
+            values[name] = {t: round(e.score, 2) for t, e in stage.tasks.items()}  # as the summary gives them
+            intervals[name] = {t: (e.low, e.high) for t, e in stage.tasks.items()}
+            counts[name] = {t: e.test_clips for t, e in stage.tasks.items()}
     return values, intervals, counts
 
 
@@ -55,13 +53,20 @@ def curves(service, session, sources: dict, recipe: MergeRecipe | None = None) -
     return {name: points for name, points in shown.items() if points}, complete
 
 
-def curve_figure(service, session, sources: dict, recipe: MergeRecipe, scores: LiveScores):
-    """The trade-off plot with this merge starred at its stage, with its interval."""
-    drawn, complete = curves(service, session, sources, recipe)
+def marker(recipe: MergeRecipe, scores: LiveScores) -> dict:
+    """A merge's point on the trade-off plane at one stage, with its intervals."""
     placed = recipe.placed
-    star = point(placed[0] if placed else 0.5, placed[1] if placed else recipe.method, scores).as_plot()
+    return point(placed[0] if placed else 0.5, placed[1] if placed else recipe.method, scores).as_plot()
+
+
+def curve_figure(service, session, sources: dict, recipe: MergeRecipe, scores: LiveScores):
+    """The trade-off plot with this merge starred at its stage and the person's previous merge beside it."""
+    drawn, complete = curves(service, session, sources, recipe)
+    before = session.previous and latest_like(service.scoring.book.stages(session.previous.recipe), scores)
     note = "" if complete else " (full-suite curves being computed)"
-    return tradeoff_curve(drawn, current=star, title=f"speech/music trade-off (full suite), this merge: {scores.stage}{note}")
+    return tradeoff_curve(drawn, current=marker(recipe, scores),
+                          previous=marker(session.previous.recipe, before) if before else None,
+                          title=f"speech/music trade-off (full suite), this merge: {scores.stage}{note}")
 
 
 def stage_status(scores: LiveScores, refining: bool, recipe: MergeRecipe) -> str:
@@ -69,7 +74,9 @@ def stage_status(scores: LiveScores, refining: bool, recipe: MergeRecipe) -> str
     if scores.stage == "full":
         return f"**stage: full suite** · {clips}, the benchmark's probes: final"
     per_class = f"{scores.per_class} train / {scores.per_class} test clips per class"
-    note = "corrected by both inputs' full-suite scores; 95 % intervals"
+    note = (f"corrected by {len(scores.references)} encoders already scored on the full suite (inputs and earlier "
+            "merges); 95 % intervals for the full suite's scores" if scores.corrected else
+            "uncorrected: the scores on these clips (the inputs' full-suite scores are still being computed)")
     return (f"**stage: {app_text.STAGE_NAMES.get(scores.stage, scores.stage)}** · {per_class}, {clips} · {note}"
             + app_text.placement_note(recipe) + (" · refining…" if refining else ""))
 
@@ -90,9 +97,10 @@ def stream(service, session, sources: dict, lease, merged_line: str, summary: di
                 yield gr.skip(), f"{merged_line}  \n{line}", gr.skip(), gr.skip(), gr.skip()
             continue
         shown = scores
-        summary = {**summary, **scores.summary(), "probes": app_text.probes_line(scores)}
+        against = compared(scoring, session, scores)
+        summary = {**summary, **scores.summary(), "probes": app_text.probes_line(scores), "compared": against}
         session = lab.with_stage(session, summary)
-        status = f"{merged_line}  \n{stage_status(scores, fraction < 1.0, recipe)}"
+        status = f"{merged_line}  \n{stage_status(scores, fraction < 1.0, recipe)}{app_text.comparison_lines(against)}"
         said = time.monotonic()
         yield (session, status, bars(scoring, recipe, scores), curve_figure(service, session, sources, recipe, scores),
                summary)

@@ -19,7 +19,8 @@ ROLE_TITLES = {
 ENCODER_HEADERS = ["role", "encoder", "parameters", "sample rate", "device"]
 CLIP_HEADERS = ["task", "speech", "merged", "music"]
 NO_MERGE = "merge first (step 3)"
-STAGE_NAMES = {"quick": "quick estimate", "full": "full suite (the benchmark's scores)"}
+STAGE_NAMES = {"uncorrected": "first answer (these clips only)", "quick": "quick estimate",
+               "full": "full suite (the benchmark's scores)"}
 
 
 def display_role(role: str) -> str:
@@ -66,24 +67,49 @@ def merge_summary(merged: MergeResult) -> dict:
 
 
 def placement_note(recipe: MergeRecipe) -> str:
-    """What the quick stages' correction rests on, when the merge's position is not a point between its inputs."""
+    """Where the trade-off plot draws a merge whose position is not a point between its inputs."""
     placement = get_method(recipe.method).placement
     if placement is None:
-        return " · not placed between its inputs: corrected by their mean gap"
+        return " · drawn mid-way on the trade-off plot: the method has no position between its inputs"
     if not placement.exact:
-        return " · its position (λ music's share) is a label, not a point between its inputs"
+        return " · its place on the trade-off plot (λ music's share) is a label, not a point between its inputs"
     return ""
 
 
 def probes_line(scores) -> str:
-    return f"{scores.stage}: {scores.clips} clips" + ("" if scores.stage == "full" else ", corrected by both inputs")
+    if scores.stage == "full":
+        return f"full: {scores.clips} clips"
+    return f"{scores.stage}: {scores.clips} clips, " + (f"corrected by {len(scores.references)} references"
+                                                       if scores.corrected else "uncorrected")
+
+
+COMPARED_WITH = {"previous": "your last merge", "speech_input": "the speech input", "music_input": "the music input"}
+AVERAGE_NAMES = {"avg": "overall", "speech_avg": "speech", "music_avg": "music"}
+
+
+def comparison_line(target: str, differences: Mapping[str, list]) -> str:
+    """'over your last merge: music +4.2 [+1.1, +7.0]; speech, overall: no detectable difference'."""
+    called = [f"{AVERAGE_NAMES[name]} {value:+.1f} [{low:+.1f}, {high:+.1f}]"
+              for name, (value, low, high) in differences.items() if low > 0 or high < 0]
+    unclear = [AVERAGE_NAMES[name] for name, (_, low, high) in differences.items() if low <= 0 <= high]
+    what = COMPARED_WITH.get(target, target.replace("_input", " input").replace("_", " "))
+    parts = [", ".join(called)] if called else []
+    if unclear:
+        parts.append(f"{', '.join(unclear)}: no detectable difference")
+    return f"against {what}: " + "; ".join(parts)
+
+
+def comparison_lines(compared: Mapping[str, Mapping[str, list]]) -> str:
+    """The comparisons as lines under the stage's status (the previous merge first)."""
+    order = sorted(compared, key=lambda target: target != "previous")
+    return "".join(f"  \n{comparison_line(target, compared[target])}" for target in order)
 
 
 def progress_line(shown, fraction: float, inputs_known: bool) -> str:
     """The status while a stage computes: before the first answer, or refining after it."""
     if shown is None:
         return "**computing the quick estimate…**" + ("" if inputs_known else
-                                                     " (scoring the inputs on the full suite first: once per encoder)")
+                                                     " (the inputs are scored on the full suite meanwhile, once per encoder)")
     return f"**stage: {STAGE_NAMES.get(shown.stage, shown.stage)}** · refining… {fraction:.0%} of the suite's clips"
 
 

@@ -194,6 +194,11 @@ class LiveScores:
     def corrected(self) -> bool:
         return bool(self.references)
 
+    @property
+    def estimates_full_suite(self) -> bool:
+        """Whether its estimates aim at the full suite's scores (an uncorrected stage's aim at its own clips' only)."""
+        return self.per_class == 0 or self.corrected
+
     def without_probes(self) -> LiveScores:
         """The same scores, holding no fitted probes (what a long-lived cache keeps)."""
         drop = {task: replace(r, probe=None) for task, r in self.results.items()}

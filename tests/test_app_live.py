@@ -26,9 +26,14 @@ def test_a_merge_answers_with_a_quick_estimate_then_refines_to_the_benchmarks_fu
     url, _ = app_server
     outputs = stream_merge(url, method="linear", alpha=0.31)  # a merge no other test scored (a scored one is served as it is)
     summaries = [output[3] for output in outputs]
-    assert summaries[0]["stage"] == "quick" and summaries[-1]["stage"] == "full"
-    assert "stage: quick" in outputs[0][0] and "stage: full suite" in outputs[-1][0]
-    quick, full = summaries[0], summaries[-1]
+    stages = [summary["stage"] for summary in summaries]
+    # before the inputs' full-suite scores are known, the first answer is the subset's own scores, said so on the page
+    assert stages[0] in ("uncorrected", "quick") and "quick" in stages and stages[-1] == "full"
+    if stages[0] == "uncorrected":
+        assert "uncorrected: the scores on these clips" in outputs[0][0]
+    first = stages.index("quick")
+    assert "stage: quick" in outputs[first][0] and "stage: full suite" in outputs[-1][0]
+    quick, full = summaries[first], summaries[-1]
     for summary in (quick, full):
         assert set(summary["intervals"]) == {*TASKS, "speech_avg", "music_avg", "avg"}
         for name, (low, high) in summary["intervals"].items():
@@ -103,3 +108,23 @@ def test_the_inputs_full_suite_scores_can_start_before_the_first_release(app_ser
     monkeypatch.setattr(threading, "excepthook", uncaught.append)
     bad = scoring.prefetch("no-such-encoder")[0]
     assert isinstance(bad.exception(timeout=60), Exception) and uncaught == []  # left for its release to report
+
+
+def test_a_second_merge_is_compared_with_the_persons_last_one_and_with_both_inputs(app_server):
+    url, _ = app_server
+    client = Client(url, verbose=False)  # one visitor: one session
+    runs = []
+    for alpha in (0.42, 0.58):
+        job = client.submit(api_name="/merge", method="linear", alpha=alpha)
+        job.result()
+        runs.append([output for output in job.outputs() if isinstance(output[3], dict) and "stage" in output[3]])
+    first, second = runs[0][-1][3], runs[1][-1][3]
+    assert first["stage"] == second["stage"] == "full"
+    assert "previous" not in first["compared"] and "previous" in second["compared"]
+    for target in ("previous", "speech_input", "music_input"):
+        for name, (value, low, high) in second["compared"][target].items():
+            assert low <= value <= high
+    # at the full suite both merges are scored on the same clips: the difference is the two averages' difference
+    for name in ("avg", "speech_avg", "music_avg"):
+        assert second["compared"]["previous"][name][0] == pytest.approx(second[name] - first[name], abs=0.02)
+    assert "against your last merge" in runs[1][-1][0]
