@@ -15,13 +15,12 @@ import threading  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import gradio as gr  # noqa: E402
-from starlette.middleware import Middleware  # noqa: E402
 
 import app_teach  # noqa: E402
 from app_align import AlignmentPanel  # noqa: E402
 from app_encoders import Encoders  # noqa: E402
 from app_handlers import one_line_input_errors, toasts  # noqa: E402
-from app_limits import MULTIPART_OVERHEAD, Arrivals, DownloadOnce, UploadLimit  # noqa: E402
+from app_limits import EXPORTS_FOLDER, CrowdLimits, app_kwargs, close_on_sigterm, remove_leftovers_of_earlier_runs  # noqa: E402
 from app_listen import EXAMPLES_DIR, ListenPanel  # noqa: E402
 from app_merge import MergePanel  # noqa: E402
 from merging.service import LabConfig, Service  # noqa: E402
@@ -69,19 +68,18 @@ def build_app(service: Service) -> gr.Blocks:
 
 
 def launch(service: Service, **kwargs) -> gr.Blocks:
-    """Build and start the app (kwargs go to `Blocks.launch`)."""
+    """Build and start the app (kwargs go to `Blocks.launch`, but `limits`: a `CrowdLimits` instead of the config's)."""
     lab = service.lab
+    limits = kwargs.pop("limits", None) or CrowdLimits.of(lab.config)
     demo = build_app(service)
     demo.queue(default_concurrency_limit=1)
     one_line_input_errors(demo)
     cache = Path(demo.GRADIO_CACHE)
-    lab.keep_exports_in(cache / "merge-lab-exports")  # served from Gradio's cache as they are: no second copy
-    limit = Middleware(UploadLimit, max_request_bytes=lab.config.max_upload_bytes + MULTIPART_OVERHEAD,
-                       max_disk_bytes=lab.config.max_disk_bytes, folder=cache, make_room=lambda: lab.exports.prune(keep=1))
-    once = Middleware(DownloadOnce, exports=lambda: lab.exports)
-    arrivals = Middleware(Arrivals, number=service.scoring.releases.arrival)
+    remove_leftovers_of_earlier_runs(cache)
+    lab.keep_exports_in(cache / EXPORTS_FOLDER)  # served from Gradio's cache as they are: no second copy
+    close_on_sigterm(demo)  # a stop by SIGTERM closes the app first: no export is left behind
     demo.launch(max_file_size=lab.config.max_upload_bytes, allowed_paths=[str(EXAMPLES_DIR)], theme=THEME,
-                app_kwargs={"middleware": [arrivals, limit, once]}, **kwargs)
+                app_kwargs=app_kwargs(demo, lab, arrival=service.scoring.releases.arrival, limits=limits), **kwargs)
     return demo
 
 

@@ -1,67 +1,596 @@
-"""ASGI middlewares of the app: limits on what a client can make the server store (one upload request carries at
-most one file's worth of bytes, uploads wait while the app's files on disk are over the cap, an exported zip is
-removed as soon as it has been downloaded whole), and the order in which requests arrived."""
+"""What a client can make the server store, and the order its requests count in: the app's ASGI middlewares and
+their housekeeping.
+
+`Disk` keeps the app's files under a cap as a running total that charges an upload before a byte of it is stored;
+`UploadLimit` admits uploads against it (one file each, cut off when they stall), `Joins` checks the requests that
+start an event and tells the disk which uploads a session uses, `Sessions` notices a session's end (its uploads and
+exports go), `DownloadOnce` serves an export once, `Arrivals` numbers releases as they arrive, and `housekeeping`
+removes what has been idle too long and, when the server stops, every export."""
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import functools
+import itertools
 import json
+import os
+import signal
+import tempfile
+import threading
 import time
-from collections.abc import Callable
+import weakref
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from merging.service.exports import folder_bytes
+import anyio
+from python_multipart.multipart import MultipartParser, parse_options_header
+
+from merging.service.exports import IDLE_SECONDS, ExportFolder, remove_leftovers
+from merging.state import quoted
 
 MULTIPART_OVERHEAD = 64 * 2**10  # form boundaries and headers around the one file
+MAX_EVENT_BODY = 4 * 2**20  # the JSON values of one event (the page sends short values and uploaded files' paths)
+LEFTOVER_SECONDS = 3600.0  # an upload's temporary file this old at start-up was left by an earlier run
+EXPORTS_FOLDER = "merge-lab-exports"  # under Gradio's cache
+
+
+@dataclass(frozen=True)
+class CrowdLimits:
+    """How long things may wait and how much one visitor may hold."""
+
+    idle_seconds: float = IDLE_SECONDS  # an upload unused, or an export unfetched, this long is removed
+    session_grace_seconds: float = 30.0  # a session whose page has been gone this long has ended
+    stall_seconds: float = 30.0  # an upload that sends nothing for this long is cut off
+    upload_share: float = 0.25  # the part of the uploads' space one visitor (or session) may hold
+
+    @classmethod
+    def of(cls, config) -> CrowdLimits:
+        """The operator's settings (`LabConfig`), the rest as they are."""
+        return cls(idle_seconds=config.idle_seconds, upload_share=config.upload_share)
+
+
+# the disk
+
+
+@dataclass
+class _Upload:
+    size: int
+    owner: str  # who holds it: the last session that used it, else the client address that sent it
+    used: float  # time.monotonic() when it was stored or last used
+    sessions: set[str] = field(default_factory=set)
+
+
+@dataclass
+class _Reservation:
+    holder: str
+    size: int  # bytes charged: the declared size; once cut off, what had arrived
+    received: int = 0
+    revoked: bool = False
+
+
+class Disk:
+    """The app's files against `cap`, as a running total: the files Gradio records as the app's (`files()`: its
+    copies, measured now and then) that are not uploads, plus each stored upload, plus what uploads in progress have
+    reserved (their declared size, charged before a byte is stored). Room for an upload is made, in this order, from
+    its sender's stored uploads beyond `share`, from the stored uploads of whoever stores the most (least recently used
+    first), then by cutting off the newest upload in progress of whoever holds more than the sender would: no visitor
+    can take the space another needs. An upload unused for `idle_seconds` goes, and so do a session's when it ends.
+    Thread-safe."""
+
+    def __init__(self, cap: int, *, files: Callable[[], Iterable[str]],
+                 forget: Callable[[str], None] = lambda path: None, share: int | None = None,
+                 idle_seconds: float = IDLE_SECONDS) -> None:
+        self.cap, self.share, self.idle_seconds = cap, share or cap, idle_seconds
+        self._files, self._forget = files, forget
+        self._uploads: dict[str, _Upload] = {}
+        self._reserved: dict[int, _Reservation] = {}
+        self._tickets = itertools.count()
+        self._copies, self._measured_at = 0, float("-inf")
+        self._lock = threading.Lock()
+
+    def total(self) -> int:
+        with self._lock:
+            return self._total()
+
+    def measure(self) -> None:
+        """Measure the app's files that are not uploads (a stat of each)."""
+        with self._lock:
+            uploads, started = set(self._uploads), time.monotonic()
+        copies = sum(_size(path) for path in self._files() if path not in uploads)
+        with self._lock:
+            self._copies, self._measured_at = copies, started
+
+    def stale(self, seconds: float = 1.0) -> bool:
+        return time.monotonic() - self._measured_at > seconds
+
+    def admit(self, holder: str, size: int) -> int | None:
+        """A ticket reserving `size` bytes for an upload from `holder`, once room is made; None when its own uploads in
+        progress, those of visitors holding no more than it would, and the files that cannot go leave no room."""
+        with self._lock:
+            self._drop_idle()
+            self._evict(lambda: self._held(holder) + size > self.share, lambda: holder)
+            if self._held(holder) + size > self.share:
+                return None
+            self._evict(lambda: self._total() + size > self.cap, self._largest_storer)
+            while self._total() + size > self.cap and self._revoke_for(self._held(holder) + size):
+                pass
+            if self._total() + size > self.cap:
+                return None
+            ticket = next(self._tickets)
+            self._reserved[ticket] = _Reservation(holder, size)
+            return ticket
+
+    def progress(self, ticket: int, received: int) -> bool:
+        """`received` bytes of the upload of `ticket` have arrived; False when it has been cut off to make room."""
+        with self._lock:
+            reservation = self._reserved.get(ticket)
+            if reservation is None or reservation.revoked:
+                return False
+            reservation.received = received
+            return received <= reservation.size
+
+    def stored(self, ticket: int, paths: Iterable[str]) -> None:
+        """The upload of `ticket` is stored at `paths`: they count at their size instead of the reservation."""
+        with self._lock:
+            reservation = self._reserved.pop(ticket, None)
+            holder = reservation.holder if reservation else "unknown"
+            for path in paths:
+                upload = self._uploads.get(path)  # the same bytes again land on the same path
+                if upload is None:
+                    self._uploads[path] = _Upload(_size(path), holder, time.monotonic())
+                else:
+                    upload.used = time.monotonic()
+
+    def release(self, ticket: int) -> None:
+        """The upload of `ticket` stored nothing (its temporary file is gone)."""
+        with self._lock:
+            self._reserved.pop(ticket, None)
+
+    def used(self, path: str, session: str | None) -> None:
+        """An event of `session` uses the upload at `path` (if it is one): the session holds it from now on."""
+        with self._lock:
+            upload = self._uploads.get(path)
+            if upload is not None:
+                upload.used = time.monotonic()
+                if session:
+                    upload.sessions.add(session)
+                    upload.owner = session
+
+    def end_session(self, session: str) -> None:
+        """`session` has ended: the uploads only it used go."""
+        with self._lock:
+            for path, upload in list(self._uploads.items()):
+                if session in upload.sessions:
+                    upload.sessions.discard(session)
+                    if not upload.sessions:
+                        self._delete(path)
+
+    def sweep(self) -> None:
+        with self._lock:
+            self._drop_idle()
+
+    def uploads(self) -> list[str]:
+        with self._lock:
+            return list(self._uploads)
+
+    def _total(self) -> int:
+        return (self._copies + sum(upload.size for upload in self._uploads.values())
+                + sum(reservation.size for reservation in self._reserved.values()))
+
+    def _held(self, holder: str) -> int:
+        return (sum(upload.size for upload in self._uploads.values() if upload.owner == holder)
+                + sum(r.size for r in self._reserved.values() if r.holder == holder))
+
+    def _largest_storer(self) -> str | None:
+        stored = Counter()
+        for upload in self._uploads.values():
+            stored[upload.owner] += upload.size
+        return stored.most_common(1)[0][0] if stored else None
+
+    def _evict(self, needed: Callable[[], bool], whose: Callable[[], str | None]) -> None:
+        """Remove `whose()`'s least recently used stored upload while `needed()`."""
+        while needed():
+            holder = whose()
+            paths = [path for path, upload in self._uploads.items() if upload.owner == holder]
+            if not paths:
+                return
+            self._delete(min(paths, key=lambda path: self._uploads[path].used))
+
+    def _revoke_for(self, need: int) -> bool:
+        """Cut off the newest upload in progress of whoever holds the most, if that is more than `need`."""
+        live = [(ticket, r) for ticket, r in self._reserved.items() if not r.revoked]
+        holders = {r.holder for _, r in live}
+        victim = max(holders, key=self._held, default=None)
+        if victim is None or self._held(victim) <= need:
+            return False
+        ticket, reservation = max((t, r) for t, r in live if r.holder == victim)
+        reservation.revoked, reservation.size = True, reservation.received  # what arrived stays charged until removed
+        return True
+
+    def _drop_idle(self) -> None:
+        now = time.monotonic()
+        for path in [p for p, upload in self._uploads.items() if now - upload.used > self.idle_seconds]:
+            self._delete(path)
+
+    def _delete(self, path: str) -> None:
+        self._uploads.pop(path, None)
+        with contextlib.suppress(OSError):
+            Path(path).unlink()
+            Path(path).parent.rmdir()  # its folder (named by its checksum), when nothing else is in it
+        self._forget(path)
+
+
+def _size(path: str) -> int:
+    try:
+        return os.stat(path).st_size
+    except OSError:
+        return 0
+
+
+def gradio_files(demo, exports: Callable[[], ExportFolder]) -> Callable[[], list[str]]:
+    """The files Gradio records as written by `demo` (uploads and its copies), exports left out (they have their
+    own cap)."""
+    def files() -> list[str]:
+        root = str(exports().root)
+        return [path for paths in list(demo.temp_file_sets) for path in list(paths) if not path.startswith(root)]
+
+    return files
+
+
+def forget_in(demo) -> Callable[[str], None]:
+    """Drop a removed file from Gradio's records of `demo`'s files."""
+    def forget(path: str) -> None:
+        for paths in list(demo.temp_file_sets):
+            paths.discard(path)
+
+    return forget
+
+
+# temporary files of uploads in progress: Gradio's upload parser writes <upload folder>/tmp…, renamed once complete
+
+
+def temporaries(folder: Path) -> set[str]:
+    with contextlib.suppress(OSError), os.scandir(folder) as entries:
+        return {e.name for e in entries if e.name.startswith("tmp") and e.is_file(follow_symlinks=False)}
+    return set()
+
+
+def remove_temporaries(folder: Path, names: Iterable[str], older_than: float) -> None:
+    """Remove the temporary files `names` of `folder` last changed more than `older_than` seconds ago."""
+    for name in names:
+        path = Path(folder) / name
+        with contextlib.suppress(OSError):
+            if time.time() - path.stat().st_mtime > older_than:
+                path.unlink()
+
+
+def remove_left_behind(folder: Path, names: Iterable[str], begins: bytes) -> list[str]:
+    """Remove the temporary files `names` of `folder` that begin with `begins` and that this process no longer has
+    open (an upload in progress keeps its file open). Returns those it had to leave, still open."""
+    still_open, open_now = [], _open_files()
+    for name in names:
+        path = Path(folder) / name
+        with contextlib.suppress(OSError):
+            with path.open("rb") as file:
+                if file.read(len(begins)) != begins:
+                    continue
+            if str(path.resolve()) in open_now:
+                still_open.append(name)
+            else:
+                path.unlink()
+    return still_open
+
+
+def _open_files() -> set[str]:
+    """The files this process has open (Linux; elsewhere none are known)."""
+    found = set()
+    with contextlib.suppress(OSError):
+        for fd in os.listdir("/proc/self/fd"):
+            with contextlib.suppress(OSError):
+                found.add(os.path.realpath(f"/proc/self/fd/{fd}"))
+    return found
+
+
+def remove_leftovers_of_earlier_runs(cache: Path) -> None:
+    """Start-up: exports of runs that are no longer running, and uploads' temporary files an earlier run left."""
+    remove_leftovers(Path(cache) / EXPORTS_FOLDER)
+    remove_leftovers(Path(tempfile.gettempdir()))  # the exports of a lab that was never served
+    remove_temporaries(Path(cache), temporaries(Path(cache)), older_than=LEFTOVER_SECONDS)
+
+
+# the middlewares
+
+
+async def answer(send, status: int, message: str) -> None:
+    """A JSON refusal {"detail": message}."""
+    body = json.dumps({"detail": message}).encode()
+    with contextlib.suppress(OSError):  # the client may be gone
+        await send({"type": "http.response.start", "status": status,
+                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+        await send({"type": "http.response.body", "body": body})
+
+
+def _post_to(scope) -> str | None:
+    """The last segment of a POST's path (…/upload -> 'upload'), or None for any other request."""
+    if scope["type"] != "http" or scope["method"] != "POST":
+        return None
+    return scope["path"].rstrip("/").rsplit("/", 1)[-1]
+
+
+def _visitor(scope) -> str:
+    return (scope.get("client") or ("unknown",))[0]
+
+
+class _UploadBody:
+    """An upload's body as the app reads it, cut off (a disconnect, for the app) when nothing arrives for
+    `stall_seconds`, when a second file begins, or when `arrived(bytes so far)` says no (past its declared length,
+    or cut off to make room)."""
+
+    def __init__(self, receive, boundary: bytes, arrived: Callable[[int], bool], stall_seconds: float) -> None:
+        self._receive, self.arrived, self.stall_seconds = receive, arrived, stall_seconds
+        self.received, self.parts, self.cut, self.gone, self.begins = 0, 0, None, False, b""
+        self._parser = MultipartParser(boundary, {"on_part_begin": self._part_begins, "on_part_data": self._part_data})
+
+    def _part_begins(self) -> None:
+        self.parts += 1
+
+    def _part_data(self, data: bytes, start: int, end: int) -> None:
+        if self.parts == 1 and len(self.begins) < 64:  # the file's first bytes: they name its temporary file
+            self.begins += data[start:min(end, start + 64 - len(self.begins))]
+
+    async def receive(self):
+        if self.cut is None:
+            try:
+                message = await asyncio.wait_for(self._receive(), self.stall_seconds)
+            except TimeoutError:
+                self.cut = "stalled"
+            else:
+                self.gone = message["type"] == "http.disconnect"
+                self._count(message.get("body", b""))
+                if self.cut is None:
+                    return message
+        return {"type": "http.disconnect"}
+
+    def _count(self, chunk: bytes) -> None:
+        self.received += len(chunk)
+        with contextlib.suppress(Exception):  # a malformed form is Gradio's to refuse
+            self._parser.write(chunk)
+        if self.parts > 1:
+            self.cut = "several files"
+        elif not self.arrived(self.received):
+            self.cut = "cut off"
+
+
+class _Watched:
+    """A response passed on as it goes, its status and (when short) its body kept."""
+
+    def __init__(self, send, keep: int = 2**16) -> None:
+        self._send, self._keep = send, keep
+        self.status, self.headers, self.body, self.complete = None, {}, b"", False
+
+    async def send(self, message) -> None:
+        if message["type"] == "http.response.start":
+            self.status, self.headers = message["status"], dict(message.get("headers", []))
+        elif message["type"] == "http.response.body":
+            if len(self.body) < self._keep:
+                self.body += message.get("body", b"")
+            self.complete = not message.get("more_body", False)
+        elif message["type"] == "http.response.pathsend":  # a file sent whole by the server
+            self.complete = True
+        await self._send(message)
 
 
 class UploadLimit:
-    """Refuses an upload request (POST …/upload) without a Content-Length (411), with more bytes than one file
-    may have (413), or while `disk_bytes()` stays over `max_disk_bytes` after `make_room()` (507)."""
+    """An upload (POST …/upload) carries one file of at most `max_request_bytes` (with its form), says its size
+    (Content-Length) and is charged to `disk` at that size before a byte is stored (507 when no room can be made);
+    it is cut off when it stalls for `stall_seconds` (408), when a second file begins (413) or past its size (413),
+    and the temporary file of an upload that stored nothing is removed. Gradio's screen-recording route, which this
+    app does not use and which would store files outside any cap, is refused."""
 
-    def __init__(self, app, *, max_request_bytes: int, max_disk_bytes: int, folder: Path,
-                 make_room: Callable[[], None] = lambda: None) -> None:
-        self.app, self.max_request_bytes, self.max_disk_bytes = app, max_request_bytes, max_disk_bytes
-        self.folder, self.make_room = Path(folder), make_room
-        self._measured = (0.0, 0)  # (when, bytes): the folder is measured at most once a second
+    CUT = {"stalled": (408, "the upload stalled: send it again"),
+           "several files": (413, "one upload request may carry one file"),
+           "cut off": (507, "the upload was cut off to make room for visitors holding less (or ran past its "
+                               "Content-Length): try again later")}
+
+    def __init__(self, app, *, max_request_bytes: int, disk: Disk, folder: Path, stall_seconds: float = 30.0) -> None:
+        self.app, self.max_request_bytes, self.disk = app, max_request_bytes, disk
+        self.folder, self.stall_seconds = Path(folder), stall_seconds
 
     async def __call__(self, scope, receive, send):
-        if scope["type"] == "http" and scope["method"] == "POST" and scope["path"].rstrip("/").endswith("/upload"):
-            refusal = self._refusal(dict(scope["headers"]).get(b"content-length"))
-            if refusal:
-                status, message = refusal
-                body = json.dumps({"detail": message}).encode()
-                await send({"type": "http.response.start", "status": status,
-                            "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
-                await send({"type": "http.response.body", "body": body})
-                return
-        await self.app(scope, receive, send)
+        route = _post_to(scope)
+        if route == "process_recording":
+            await answer(send, 404, "this app takes no screen recordings")
+        elif route != "upload":
+            await self.app(scope, receive, send)
+        elif refusal := self._refusal(dict(scope["headers"])):
+            await answer(send, *refusal)
+        else:
+            await self._upload(scope, receive, send)
 
-    def _refusal(self, length: bytes | None) -> tuple[int, str] | None:
-        limit_mb = (self.max_request_bytes - MULTIPART_OVERHEAD) / 2**20
+    def _refusal(self, headers: dict) -> tuple[int, str] | None:
+        length = headers.get(b"content-length")
         if length is None:
             return 411, "an upload must say its size (Content-Length)"
         if not length.isdigit() or int(length) > self.max_request_bytes:
+            limit_mb = (self.max_request_bytes - MULTIPART_OVERHEAD) / 2**20
             return 413, f"one upload request may carry one file of at most {limit_mb:g} MB"
-        if self._disk_bytes() + int(length) > self.max_disk_bytes:
-            self.make_room()
-            self._measured = (0.0, 0)
-            if self._disk_bytes() + int(length) > self.max_disk_bytes:
-                return 507, "the server's space for uploads is full: try again later"
+        if not _boundary(headers):
+            return 400, "an upload is a multipart form (multipart/form-data with a boundary)"
         return None
 
-    def _disk_bytes(self) -> int:
-        when, size = self._measured
-        if time.monotonic() - when > 1:
-            self._measured = (time.monotonic(), folder_bytes(self.folder))
-        return self._measured[1]
+    async def _upload(self, scope, receive, send) -> None:
+        headers = dict(scope["headers"])
+        length = int(headers[b"content-length"])
+        if self.disk.stale():
+            await anyio.to_thread.run_sync(self.disk.measure)
+        ticket = self.disk.admit(_visitor(scope), length)
+        if ticket is None:
+            await answer(send, 507, "the server's space for uploads is full: try again in a few minutes")
+            return
+        before = temporaries(self.folder)
+        arrived = functools.partial(self.disk.progress, ticket)
+        body, response = _UploadBody(receive, _boundary(headers), arrived, self.stall_seconds), _Watched(send)
+        try:
+            await self.app(scope, body.receive, response.send)
+        except Exception:
+            if not (body.cut or body.gone):
+                self._abandon(ticket, before, body)
+                raise
+        if body.cut is None and response.status == 200 and response.complete:
+            self.disk.stored(ticket, _paths(response.body))
+            return
+        self._abandon(ticket, before, body)
+        if body.cut is not None and response.status is None:
+            await answer(send, *self.CUT[body.cut])
+
+    def _abandon(self, ticket: int, before: set[str], body: _UploadBody) -> None:
+        """Remove the temporary file of an upload that stored nothing (the new one that begins with its first bytes,
+        once Gradio's parser has let go of it), then free its reservation."""
+        started, loop = temporaries(self.folder) - before, asyncio.get_running_loop()
+
+        def clean_up(tries: int) -> None:
+            if remove_left_behind(self.folder, started, body.begins) and tries:
+                loop.call_later(0.5, clean_up, tries - 1)
+            else:
+                self.disk.release(ticket)
+
+        clean_up(tries=60)
+
+
+def _boundary(headers: dict) -> bytes | None:
+    kind, options = parse_options_header(headers.get(b"content-type", b""))
+    return options.get(b"boundary") if kind == b"multipart/form-data" else None
+
+
+def _paths(body: bytes) -> list[str]:
+    with contextlib.suppress(ValueError):
+        paths = json.loads(body)
+        if isinstance(paths, list):
+            return [p for p in paths if isinstance(p, str)]
+    return []
+
+
+def _starts_event(scope) -> bool:
+    """A POST that starts an event: …/queue/join, or the REST API's …/call/<api>."""
+    if _post_to(scope) is None:
+        return False
+    path = scope["path"].rstrip("/")
+    return path.endswith("/queue/join") or "/call/" in path
+
+
+class Joins:
+    """Reads the JSON body of a request that starts an event (at most `max_body_bytes`: 413 beyond) before the app
+    does: a `fn_index` the app does not have is refused (422, one line) instead of failing inside Gradio (500), and
+    `used(path, session)` hears which uploaded files the event uses."""
+
+    def __init__(self, app, *, known: Callable[[object], bool], used: Callable[[str, str | None], None],
+                 max_body_bytes: int = MAX_EVENT_BODY) -> None:
+        self.app, self.known, self.used, self.max_body_bytes = app, known, used, max_body_bytes
+
+    async def __call__(self, scope, receive, send):
+        if not _starts_event(scope):
+            await self.app(scope, receive, send)
+            return
+        chunks, size, more = [], 0, True
+        while more:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            chunks.append(message.get("body", b""))
+            size, more = size + len(chunks[-1]), message.get("more_body", False)
+            if size > self.max_body_bytes:
+                await answer(send, 413, f"an event's values may take at most {self.max_body_bytes // 2**20} MB")
+                return
+        body = b"".join(chunks)
+        refusal = self._refusal(scope, body)
+        if refusal:
+            await answer(send, 422, refusal)
+        else:
+            await self.app(scope, _replayed(body, receive), send)
+
+    def _refusal(self, scope, body: bytes) -> str | None:
+        try:
+            payload = json.loads(body)
+        except ValueError:
+            return None  # Gradio refuses it (422)
+        if not isinstance(payload, dict):
+            return None
+        if scope["path"].rstrip("/").endswith("/queue/join") and not self.known(payload.get("fn_index")):
+            return f"fn_index: this app has no event {quoted(payload.get('fn_index'))}"
+        session = payload.get("session_hash")
+        for path in _file_paths(payload.get("data")):
+            self.used(path, session if isinstance(session, str) else None)
+        return None
+
+
+def _file_paths(value, depth: int = 3) -> Iterator[str]:
+    """The `path` of every file value ({"path": …}) in an event's data."""
+    if isinstance(value, dict):
+        if isinstance(value.get("path"), str):
+            yield value["path"]
+        values = value.values()
+    elif isinstance(value, list):
+        values = value
+    else:
+        return
+    if depth:
+        for inner in list(values)[:64]:
+            yield from _file_paths(inner, depth - 1)
+
+
+def _replayed(body: bytes, receive):
+    """`receive` for the app: the body already read, then whatever the client sends next (a disconnect)."""
+    pending = [{"type": "http.request", "body": body, "more_body": False}]
+
+    async def replay():
+        return pending.pop() if pending else await receive()
+
+    return replay
+
+
+class Sessions:
+    """Watches Gradio's heartbeat streams (GET …/heartbeat/<session>, held open by the page and by gradio_client): a
+    session whose streams have all closed and not come back within `grace_seconds` has ended, and `ended(session)`
+    runs (its uploads and exports go)."""
+
+    def __init__(self, app, *, ended: Callable[[str], None], grace_seconds: float = 30.0) -> None:
+        self.app, self.ended, self.grace_seconds = app, ended, grace_seconds
+        self._open: Counter[str] = Counter()
+
+    async def __call__(self, scope, receive, send):
+        session = _heartbeat_of(scope)
+        if session is None:
+            await self.app(scope, receive, send)
+            return
+        self._open[session] += 1
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self._open[session] -= 1
+            if self._open[session] <= 0:
+                del self._open[session]
+                asyncio.get_running_loop().call_later(self.grace_seconds, self._maybe_ended, session)
+
+    def _maybe_ended(self, session: str) -> None:
+        if session not in self._open:
+            self.ended(session)
+
+
+def _heartbeat_of(scope) -> str | None:
+    if scope["type"] != "http" or scope["method"] != "GET" or "/heartbeat/" not in scope["path"]:
+        return None
+    return scope["path"].rstrip("/").rsplit("/heartbeat/", 1)[1] or None
 
 
 ARRIVAL_HEADER = b"x-merge-lab-arrival"
 
 
 class Arrivals:
-    """Stamps every request that joins Gradio's queue with `number()` (the order it reached the server) in an
-    `x-merge-lab-arrival` header, which its handler reads (`gr.Request.headers`): a person's newest release is
-    then the last to arrive, whichever thread starts first. A client's own header of that name is dropped."""
+    """Stamps every request that starts an event (…/queue/join, …/call/<api>) with `number()` (the order it reached
+    the server) in an `x-merge-lab-arrival` header, which its handler reads (`gr.Request.headers`): a person's newest
+    release is then the last to arrive, whichever thread starts first. A client's own header of that name is dropped."""
 
     def __init__(self, app, *, number: Callable[[], int]) -> None:
         self.app, self.number = app, number
@@ -69,42 +598,150 @@ class Arrivals:
     async def __call__(self, scope, receive, send):
         if scope["type"] == "http":
             headers = [(k, v) for k, v in scope["headers"] if k.lower() != ARRIVAL_HEADER]
-            if scope["method"] == "POST" and scope["path"].rstrip("/").endswith("/queue/join"):
+            if _starts_event(scope):
                 headers.append((ARRIVAL_HEADER, str(self.number()).encode()))
             scope = {**scope, "headers": headers}
         await self.app(scope, receive, send)
 
 
 class DownloadOnce:
-    """Removes an export (`discard(path)` of the folder `exports()` names) once a GET of it has been answered 200 to
-    its last byte: a zip is built for one download, so it does not wait for the cap or the hourly clean-up. A
-    HEAD, a range (206) or a download broken off leaves it in place."""
+    """An export is served once: a GET of it by either file route (…/file=<path> or …/file/<path>) that sends its
+    last byte, whole (200) or as the end of a range (206, `Range: bytes=0-` included), removes it; a GET while such a
+    download runs, or after it, is answered 410. A range that ends earlier, a HEAD, or a download broken off leave it
+    for the next GET (a browser resuming). Several ranges at once get the whole zip."""
 
-    def __init__(self, app, *, exports: Callable[[], object]) -> None:
+    GONE = "this download has been served (one download per build): build it again"
+
+    def __init__(self, app, *, exports: Callable[[], ExportFolder]) -> None:
         self.app, self.exports = app, exports
+        self._sending: set[Path] = set()
 
     async def __call__(self, scope, receive, send):
         path = _file_route_path(scope)
-        if path is None:
+        export = None if path is None else self.exports().export_of(path)
+        if export is None:
             await self.app(scope, receive, send)
             return
-        status = None
-
-        async def watched(message):
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-            whole = message["type"] == "http.response.pathsend" or (
-                message["type"] == "http.response.body" and not message.get("more_body", False))
-            if whole and status == 200:
-                self.exports().discard(path)
-
-        await self.app(scope, receive, watched)
+        if export in self._sending or not Path(os.path.abspath(path)).is_file():
+            await answer(send, 410, self.GONE)
+            return
+        self._sending.add(export)
+        response = _Watched(send, keep=0)
+        try:
+            await self.app({**scope, "headers": _one_range_at_most(scope["headers"])}, receive, response.send)
+        finally:
+            self._sending.discard(export)
+            if response.complete and _sent_the_end(response):
+                self.exports().discard(export)
 
 
-def _file_route_path(scope) -> Path | None:
-    """The server path a GET of Gradio's file route (…/file=<path>) asks for, or None for any other request."""
-    if scope["type"] != "http" or scope["method"] != "GET" or "/file=" not in scope["path"]:
+def _one_range_at_most(headers: list) -> list:
+    """The request's headers, its Range dropped when it asks for several ranges (a multipart answer names no end)."""
+    several = any(k.lower() == b"range" and b"," in v for k, v in headers)
+    return [(k, v) for k, v in headers if not (several and k.lower() in (b"range", b"if-range"))]
+
+
+def _sent_the_end(response: _Watched) -> bool:
+    """Whether the response carried the file's last byte: the whole file, or a range up to its end."""
+    if response.status == 200:
+        return True
+    if response.status != 206:
+        return False
+    span = response.headers.get(b"content-range", b"").decode(errors="replace")  # "bytes 0-99/1234"
+    try:
+        last, size = span.split(" ", 1)[1].split("-", 1)[1].split("/", 1)
+        return int(last) == int(size) - 1
+    except (IndexError, ValueError):
+        return False
+
+
+def _file_route_path(scope) -> str | None:
+    """The server path a GET of one of Gradio's file routes (…/file=<path>, …/file/<path>) asks for, or None."""
+    if scope["type"] != "http" or scope["method"] != "GET":
         return None
-    return Path(scope["path"].split("/file=", 1)[1])  # ASGI paths arrive percent-decoded
+    found = [(scope["path"].find(marker), marker) for marker in ("/file=", "/file/")]
+    found = [(at, marker) for at, marker in found if at >= 0]
+    if not found:
+        return None
+    at, marker = min(found)
+    return scope["path"][at + len(marker):]  # ASGI paths arrive percent-decoded
+
+
+# housekeeping
+
+
+def housekeeping(disk: Disk, exports: Callable[[], ExportFolder], older_than: float):
+    """A lifespan for the app (`app_kwargs={"lifespan": …}`): now and then, idle uploads and exports unfetched for
+    `older_than` seconds go and the disk is measured again; when the server stops, every export goes."""
+    period = max(0.25, min(30.0, older_than / 4))
+
+    def sweep() -> None:
+        disk.sweep()
+        exports().sweep(older_than)
+        disk.measure()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app):
+        async def every_period():
+            while True:
+                await asyncio.sleep(period)
+                await anyio.to_thread.run_sync(sweep)
+
+        task = asyncio.create_task(every_period())
+        try:
+            yield
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            exports().clear()
+
+    return lifespan
+
+
+_served: weakref.WeakSet = weakref.WeakSet()  # apps to close on SIGTERM
+
+
+def close_on_sigterm(demo) -> None:
+    """SIGTERM closes `demo` (its lifespan removes every export; Gradio deletes its files) before the process
+    ends. Only the main thread can install the handler; elsewhere this does nothing."""
+    _served.add(demo)
+    if threading.current_thread() is not threading.main_thread():
+        return
+    previous = signal.getsignal(signal.SIGTERM)
+    if getattr(previous, "closes_served_apps", False):
+        return
+
+    def terminate(signum, frame):
+        for served in list(_served):
+            served.close()
+        if callable(previous):
+            previous(signum, frame)
+        raise SystemExit(128 + signum)
+
+    terminate.closes_served_apps = True
+    signal.signal(signal.SIGTERM, terminate)
+
+
+def app_kwargs(demo, lab, *, arrival: Callable[[], int], limits: CrowdLimits) -> dict:
+    """`Blocks.launch`'s app_kwargs: the middlewares, outermost first, and the housekeeping lifespan."""
+    from starlette.middleware import Middleware
+
+    max_request = lab.config.max_upload_bytes + MULTIPART_OVERHEAD
+    uploads_cap = lab.config.files_bytes - (lab.exports.max_bytes or 0)  # exports have their own part of the cap
+    disk = Disk(uploads_cap, files=gradio_files(demo, lambda: lab.exports), forget=forget_in(demo),
+                share=max(int(limits.upload_share * uploads_cap), max_request), idle_seconds=limits.idle_seconds)
+
+    def ended(session: str) -> None:
+        disk.end_session(session)
+        lab.exports.release(session)
+
+    middleware = [
+        Middleware(Sessions, ended=ended, grace_seconds=limits.session_grace_seconds),
+        Middleware(Joins, known=lambda fn_index: type(fn_index) is int and fn_index in demo.fns, used=disk.used),
+        Middleware(Arrivals, number=arrival),
+        Middleware(UploadLimit, max_request_bytes=max_request, disk=disk,
+                   folder=Path(demo.GRADIO_CACHE), stall_seconds=limits.stall_seconds),
+        Middleware(DownloadOnce, exports=lambda: lab.exports),
+    ]
+    return {"middleware": middleware, "lifespan": housekeeping(disk, lambda: lab.exports, limits.idle_seconds)}

@@ -4,7 +4,9 @@ from __future__ import annotations
 import contextlib
 import json
 import socket
+import sys
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -64,12 +66,13 @@ UPLOAD_LIMIT = 2 * 2**20
 
 
 @contextlib.contextmanager
-def served(service):
-    """The app of `service` on a loopback port while the block runs; yields its url."""
+def served(service, **launch):
+    """The app of `service` on a loopback port while the block runs (`launch`: more of `app.launch`'s arguments);
+    yields its url."""
     import app
 
     port = free_port()
-    demo = app.launch(service, server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
+    demo = app.launch(service, server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True, **launch)
     try:
         yield f"http://127.0.0.1:{port}/"
     finally:
@@ -77,9 +80,25 @@ def served(service):
         # close() stops the server, not a handler still running in a Gradio worker thread (a refinement) nor the
         # scorer's input threads: daemon threads, and one still inside torch when the interpreter finalizes aborts it
         # ("terminate called without an active exception", exit 134)
+        deadline = time.monotonic() + 120
         for thread in threading.enumerate():
-            if thread.name == "AnyIO worker thread" or thread.name.startswith("scores of "):
-                thread.join(timeout=120)
+            if thread.name.startswith("scores of "):
+                thread.join(timeout=max(deadline - time.monotonic(), 0))
+            elif thread.name == "AnyIO worker thread":  # a pool's worker lives on, idle, until its event loop ends
+                while not _waits_for_work(thread) and time.monotonic() < deadline:
+                    time.sleep(0.05)
+
+
+def _waits_for_work(thread: threading.Thread) -> bool:
+    """Whether a pool's worker thread has ended or waits on its queue for the next task."""
+    frame = sys._current_frames().get(thread.ident)
+    if frame is None:
+        return True
+    while frame is not None:
+        if frame.f_code.co_name == "get" and frame.f_code.co_filename.endswith("queue.py"):
+            return frame.f_back is not None and frame.f_back.f_code.co_name == "run"
+        frame = frame.f_back
+    return False
 
 
 @pytest.fixture(scope="session")
