@@ -23,6 +23,7 @@ from app_handlers import one_line_input_errors, toasts  # noqa: E402
 from app_limits import EXPORTS_FOLDER, CrowdLimits, app_kwargs, close_on_sigterm, remove_leftovers_of_earlier_runs  # noqa: E402
 from app_listen import EXAMPLES_DIR, ListenPanel  # noqa: E402
 from app_merge import MergePanel  # noqa: E402
+from app_tune import TunePanel  # noqa: E402
 from merging.service import LabConfig, Service  # noqa: E402
 from merging.service.session import LabSession  # noqa: E402
 
@@ -49,6 +50,7 @@ def build_app(service: Service) -> gr.Blocks:
         alignment = AlignmentPanel()
         units = app_teach.unit_panel(teaching, session, alignment.group)
         merge = MergePanel()
+        tune = TunePanel()
         listen = ListenPanel(lab.config.max_clip_seconds)
         gr.Markdown("## 5 · Speech over music")
         app_teach.mixer_panel(teaching, session, merge.method, encoders)
@@ -62,6 +64,7 @@ def build_app(service: Service) -> gr.Blocks:
         encoders.wire(demo, merge.method)
         alignment.wire(service, session, encoders, units)
         merge.wire(service, session, encoders)
+        tune.wire(service, session, encoders, merge)
         listen.wire(service, session, encoders, merge.method)
         export_button.click(toasts(service.export), session, export_file, api_name="export", concurrency_id="lab")
     return demo

@@ -157,17 +157,19 @@ class MergePanel:
         outputs = [session, self.status, self.bars, self.curve, self.summary]
         # merges stream their stages in their own queue, a unit of work at a time in the runner's turns: a person's
         # newer release starts at once and stops their running refinement (never queued behind it)
-        self.button.click(run_merge, merge_inputs, outputs, inputs_kwargs=inputs_kwargs, api_name="merge",
-                          concurrency_id="merge", concurrency_limit=None, trigger_mode="multiple")
+        self._release = dict(fn=run_merge, inputs=merge_inputs, outputs=outputs, inputs_kwargs=inputs_kwargs,
+                             trigger_mode="multiple", concurrency_id="merge", concurrency_limit=None)
+        self.button.click(**self._release, api_name="merge")
         for name, component in self.controls.items():
             trigger = component.submit if isinstance(component, (gr.Textbox, gr.Number)) else \
                 component.release if isinstance(component, gr.Slider) else component.input
-            trigger(run_merge, merge_inputs, outputs, inputs_kwargs=inputs_kwargs, api_visibility="private",
-                    trigger_mode="multiple", concurrency_id="merge", concurrency_limit=None)
-        self.method.change(on_method, [self.method, self.shown_method],
-                           [self.note, *self.controls.values(), self.shown_method], api_visibility="private").then(
-            run_merge, merge_inputs, outputs, inputs_kwargs=inputs_kwargs, api_visibility="private",
-            trigger_mode="multiple", concurrency_id="merge", concurrency_limit=None)
+            trigger(**self._release, api_visibility="private")
+        self.merge_after(self.method.change(on_method, [self.method, self.shown_method],
+                                            [self.note, *self.controls.values(), self.shown_method],
+                                            api_visibility="private"))
         self.sweep_button.click(run_sweep, merge_inputs, self.curve, inputs_kwargs=inputs_kwargs, api_name="sweep",
                                 concurrency_id="sweep", concurrency_limit=None)
 
+    def merge_after(self, event) -> None:
+        """Merge with the panel's controls as they are once `event` has run (a method chosen, a tuned point loaded)."""
+        event.then(**self._release, api_visibility="private")

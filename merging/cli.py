@@ -1,4 +1,4 @@
-"""Command line: `python -m merging merge ...` and `python -m merging benchmark ...`."""
+"""Command line: `python -m merging merge ...`, `python -m merging benchmark ...` and `python -m merging tune ...`."""
 from __future__ import annotations
 
 import argparse
@@ -206,6 +206,115 @@ def write_sweep(rows, path: str | Path) -> tuple[Path, Path]:
     return json_path, html_path
 
 
+def tune_parser(sub) -> None:
+    from .tune import PER_CLASS, SAMPLERS, tunable_methods
+
+    p = sub.add_parser("tune", help="search per-layer merge weights for the speech/music front (validation split), "
+                                    "then check the front on the test split beside single-weight merges")
+    p.add_argument("--method", required=True, choices=tunable_methods(),
+                   help="linear, permute: α per layer; task_arithmetic: a λ pair per layer; ties, dare, drm: one λ pair")
+    p.add_argument("--speech", required=True, help="speech encoder (for task-vector methods: the speech student)")
+    p.add_argument("--music", required=True, help="music encoder (for task-vector methods: the music student)")
+    p.add_argument("--base", help="the students' shared base (task-vector methods)")
+    p.add_argument("--budget", type=int, required=True, help="evaluations for the whole study (every worker and resumed run)")
+    p.add_argument("--seconds", type=float, help="no evaluation starts after this many seconds of this run")
+    p.add_argument("--out", required=True, help="output folder: front.json, the study (study.db) and, with --balance, merged/")
+    p.add_argument("--balance", type=float, help="the weight on speech (0 to 1): save the front point with the best "
+                                                 "balanced validation score as DIR/merged with its merge_config.json")
+    p.add_argument("--sampler", choices=SAMPLERS, default=SAMPLERS[0], help=f"Optuna sampler (default {SAMPLERS[0]})")
+    p.add_argument("--seed", type=int, default=0, help="the sampler's seed (worker w uses seed + w)")
+    p.add_argument("--per-class", type=int, default=PER_CLASS,
+                   help=f"clips per class and split of the validation subset each candidate is scored on (default {PER_CLASS})")
+    p.add_argument("--storage", help="Optuna storage URL (default sqlite:///OUT/study.db); workers that share it share the study")
+    p.add_argument("--study", help="study name (default tune-METHOD)")
+    p.add_argument("--worker", type=int, default=0,
+                   help="this worker's number: 0 searches and then checks the front; others only search the shared study")
+    p.add_argument("--front-limit", type=int, default=12, help="at most this many front points are checked (spread along it)")
+    p.add_argument("--calib-limit", type=int, help="use at most this many built-in calibration clips for the alignment")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+
+
+def run_tune(args) -> str:
+    import threading
+
+    from .calibration import builtin_calibration
+    from .encoders import load_encoder
+    from .pipeline import align, check_sample_rates
+    from .probes import builtin_suite
+    from .state import state_checksum
+    from .tune import BALANCES, Budget, Merges, Probes, Search, averages, check, library, space, spread
+
+    started = time.perf_counter()
+    if args.balance is not None and not 0 <= args.balance <= 1:
+        raise MergeError(f"--balance is the weight on speech, between 0 and 1, not {args.balance:g}")
+    if args.front_limit < 2:
+        raise MergeError("--front-limit: at least 2 (the front's two ends)")
+    device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
+    method = get_method(args.method)
+    sources = {"speech": args.speech, "music": args.music, "base": args.base}
+    if "base" in method.inputs and not args.base:
+        raise MergeError(f"method '{method.name}' needs --base")
+    budget = Budget(args.budget, args.seconds)
+    encoders = {role: load_encoder(sources[role], device=device) for role in method.inputs}
+    check_sample_rates(encoders)
+    tuned = space(method.name, encoders["speech"].config.num_hidden_layers)
+    alignments = {}
+    if not tuned.lambdas:  # permute, and the permute merges a front is compared with
+        clips, _ = builtin_calibration(limit=args.calib_limit)
+        alignments["music"] = align(encoders["speech"], encoders["music"], clips=clips)
+    merges, probes = Merges(encoders, alignments), Probes(builtin_suite(), per_class=args.per_class)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    storage = args.storage or f"sqlite:///{(out / 'study.db').resolve()}"
+    identity = {"inputs": {role: state_checksum(e.state_dict()) for role, e in encoders.items()},
+                "per_class": args.per_class}
+    probes.inputs(*merges.ends())
+    search = Search(tuned, lambda arguments: averages(probes.quick(merges.running(method.name, arguments))),
+                    seed=args.seed, sampler_name=args.sampler, storage=storage, name=args.study or f"tune-{method.name}",
+                    worker=args.worker, identity=identity)
+    print(f"{'created' if search.created else 'resumed'} study; {probes.clips} validation clips per candidate",
+          file=sys.stderr)
+    result = search.run(budget, cancel=threading.Event(), progress=lambda p: print(p.line(), file=sys.stderr))
+    searched = (f"{result.run} evaluations in {result.seconds:.0f} s, {result.proposing:.0f} s of it proposing "
+                f"(study: {result.evaluations}/{budget.evaluations})")
+    if args.worker:
+        return f"worker {args.worker}: {searched}, stopped: {result.stopped}"
+    if not result.front:
+        return f"{searched}, stopped: {result.stopped}; no evaluation yet, so no front to check"
+    balances = BALANCES + (() if args.balance is None else (args.balance,))
+    report = check(spread(search.front(), args.front_limit), method.name, merges.scorer(probes), balances=balances,
+                   log=lambda line: print(line, file=sys.stderr))
+    record = {"library": library(), "sampler": args.sampler, "seed": args.seed,
+              "budget": {"evaluations": budget.evaluations, "seconds": budget.seconds}, "per_class": args.per_class,
+              "validation_clips_per_candidate": probes.clips, "evaluations": result.evaluations,
+              "this_run": {"evaluations": result.run, "seconds": round(result.seconds, 1),
+                           "proposing_seconds": round(result.proposing, 1), "stopped": result.stopped},
+              "study": {"name": search.study.study_name, "storage": storage if args.storage else "study.db"},
+              "threads": torch.get_num_threads(), "device": device}
+    (out / "front.json").write_text(json.dumps({"method": method.name, "search": record, **report.as_dict()}, indent=2))
+    lines = [report.table(), "", f"{searched}; {len(report.front)} front points checked; wall time "
+             f"{time.perf_counter() - started:.0f} s on {device}, {torch.get_num_threads()} threads -> {out / 'front.json'}"]
+    if args.balance is not None:
+        lines.append(_save_tuned(report.chosen(args.balance), args.balance, merges, record, out / "merged"))
+    return "\n".join(lines)
+
+
+def _save_tuned(point, balance: float, merges, record: dict, folder: Path) -> str:
+    """The chosen front point as a transformers folder whose merge_config.json records the search and the point."""
+    from .checkpoint import save_encoder
+    from .pipeline import merge_record
+
+    method = get_method(point.method)
+    encoders = {role: merges.encoders[role] for role in method.inputs}
+    aligned = {method.aligns: merges.alignments[method.aligns]} if method.aligns else None
+    config = merge_record(point.method, encoders, point.arguments, aligned)
+    config["search"] = {**record, "balance": balance, "chosen": point.as_dict()}
+    first = encoders[method.inputs[0]]
+    saved = save_encoder(folder, merges.encoder(point.method, point.arguments).state_dict(), first.config,
+                         sample_rate=first.sample_rate, normalize=first.normalize, merge_config=config)
+    return f"balance {balance:g}: {point.label} saved to {saved}"
+
+
 def _describe(params: dict) -> str:
     return "(" + ", ".join(f"{k}={v}" for k, v in params.items()) + ")" if params else "(defaults)"
 
@@ -215,9 +324,10 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     merge_parser(sub)
     benchmark_parser(sub)
+    tune_parser(sub)
     args = parser.parse_args(argv)
     try:
-        print(run_merge(args) if args.command == "merge" else run_benchmark(args))
+        print({"merge": run_merge, "benchmark": run_benchmark, "tune": run_tune}[args.command](args))
     except MergeError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -5,13 +5,16 @@ listening panels (`teaching`) and exports. `Service.start` wires one of each; do
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 from ..state import MergeError
 from .config import LabConfig
 from .lab import Lab
 from .scoring import Scoring
 from .session import LabSession
+from .store import WARM_DIR, Shipped, Store
 from .teaching import Teaching
+from .tuning import Tuning
 
 
 @dataclass(frozen=True)
@@ -21,16 +24,25 @@ class Service:
     lab: Lab
     scoring: Scoring
     teaching: Teaching
+    tuning: Tuning
 
     @classmethod
-    def start(cls, config: LabConfig | None = None, *, budget_seconds: float | None = None) -> Service:
-        lab = Lab(config)
+    def start(cls, config: LabConfig | None = None, *, budget_seconds: float | None = None,
+              shipped: Path | None = WARM_DIR) -> Service:
+        """One of each; with `config.cache_dir`, results are kept in a store there, which falls back on the results
+        `shipped` (the built-ins' warm results in assets/warm; None: none)."""
+        config = config or LabConfig()
+        store = None
+        if config.cache_dir is not None:
+            store = Store(config.cache_dir, config.cache_bytes, Shipped(shipped) if shipped else None)
+        lab = Lab(config, store=store)
         scoring = Scoring(lab, budget_seconds)
-        return cls(lab, scoring, Teaching(lab, scoring))
+        return cls(lab, scoring, Teaching(lab, scoring), Tuning(lab, scoring))
 
     def warm(self) -> None:
         """The built-in speech and music encoders' full-suite scores (background turns), their alignment, then their
-        linear and permute curves over the α grid; errors are left for the page to report when someone asks."""
+        linear and permute curves over the α grid, each read from the store when it holds them (from a fresh clone:
+        the shipped warm results), computed otherwise; errors are left for the page to report when someone asks."""
         sources = self.lab.default_sources()
         speech, music = sources["speech"], sources["music"]
         try:
@@ -50,4 +62,4 @@ class Service:
         return str(self.lab.export(session, scores))
 
 
-__all__ = ["LabConfig", "Lab", "Scoring", "Service", "Teaching"]
+__all__ = ["LabConfig", "Lab", "Scoring", "Service", "Teaching", "Tuning"]
