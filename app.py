@@ -20,7 +20,8 @@ import app_teach  # noqa: E402
 from app_align import AlignmentPanel  # noqa: E402
 from app_encoders import Encoders  # noqa: E402
 from app_handlers import one_line_input_errors, toasts  # noqa: E402
-from app_limits import EXPORTS_FOLDER, CrowdLimits, app_kwargs, close_on_sigterm, remove_leftovers_of_earlier_runs  # noqa: E402
+from app_disk import EXPORTS_FOLDER, remove_leftovers_of_earlier_runs  # noqa: E402
+from app_limits import CrowdLimits, app_kwargs, close_on_sigterm  # noqa: E402
 from app_listen import EXAMPLES_DIR, ListenPanel  # noqa: E402
 from app_merge import MergePanel  # noqa: E402
 from app_tune import TunePanel  # noqa: E402

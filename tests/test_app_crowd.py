@@ -21,7 +21,8 @@ import httpx
 import pytest
 from gradio_client import Client, handle_file
 
-from app_limits import EXPORTS_FOLDER, CrowdLimits
+from app_disk import EXPORTS_FOLDER
+from app_limits import CrowdLimits
 from conftest import UPLOAD_LIMIT, free_port, served
 from merging.service import LabConfig, Service
 
