@@ -77,7 +77,7 @@ def test_a_merge_with_non_default_values_runs_and_its_summary_records_them(toy_a
     assert summary["method"] == "toy" and summary["stage"] == "full"
     assert summary["params"] == {"gain": 1.5, "steps": 3, "mode": "blend", "flip": True, "layer_gains": [0.2, 0.4]}
     assert summary["position"] is None  # the toy does not say where it sits between speech and music
-    assert "not placed between its inputs" in stages[0][0]
+    assert "no position between its inputs" in stages[0][0]
     bars = json.loads(stages[-1][1]["plot"])
     assert [trace["name"] for trace in bars["data"]] == ["speech", "merged", "music"]
     with pytest.raises(Exception, match="steps must be an integer"):

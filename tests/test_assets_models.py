@@ -29,8 +29,9 @@ def test_every_model_of_the_recipe_is_shipped_with_its_files():
         assert {"config.json", "model.safetensors", "preprocessor_config.json", "README.md", "training.json"} <= files, name
 
 
-def test_assets_stay_under_60_mb():
-    assert sum(p.stat().st_size for p in ASSETS.rglob("*") if p.is_file()) < 60 * 2**20
+def test_assets_stay_under_90_mb():
+    # 60 MB of encoders and audio, and the built-ins' warm results (27 MB: a fresh clone answers in seconds)
+    assert sum(p.stat().st_size for p in ASSETS.rglob("*") if p.is_file()) < 90 * 2**20
 
 
 def test_every_model_loads_natively_and_runs_on_a_probe_clip(encoders):
