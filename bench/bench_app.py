@@ -187,9 +187,10 @@ def folder_mb(folder: Path) -> float:
 
 
 def releases(client, repeats: int) -> None:
-    """`repeats` releases per method (after one warm-up merge), and /probe_clip."""
+    """`repeats` releases per method (after the alignment and one warm-up merge), and /probe_clip."""
     from gradio_client import handle_file
 
+    client.predict(api_name="/align")
     staged(client, method="permute", alpha=0.15)
     for method in ("permute", "linear", "task_arithmetic"):
         firsts, totals = [], []

@@ -42,7 +42,8 @@ class Service:
     def warm(self) -> None:
         """The built-in speech and music encoders' full-suite scores (background turns), their alignment, then their
         linear and permute curves over the α grid, each read from the store when it holds them (from a fresh clone:
-        the shipped warm results), computed otherwise; errors are left for the page to report when someone asks."""
+        the shipped warm results), computed otherwise; then the probe suite's clips are decoded for the first merge
+        no one has scored. Errors are left for the page to report when someone asks."""
         sources = self.lab.default_sources()
         speech, music = sources["speech"], sources["music"]
         try:
@@ -50,6 +51,7 @@ class Service:
                 job.result()
             session = self.lab.align(LabSession(), speech, music)
             self.scoring.warm(self.lab.curve_recipes(session, speech, music))
+            self.scoring.decode_suite()
         except MergeError:
             pass
 

@@ -165,6 +165,7 @@ class Scoring:
         self._domains: dict[str, str] | None = None
         self._references: list[tuple] = []  # stored results read before the probes were loaded: references to give them
         self._lock = threading.Lock()
+        self._loading = threading.Lock()  # held while the suite's clips are decoded
         self._parents: dict[str, Future] = {}  # by encoder checksum
         self._wanted: dict[str, int] = {}  # people's requests waiting for an encoder's scores
         self._parent_stages: dict[str, LiveScores] = {}  # by encoder checksum: an input's scores as a curve's end
@@ -174,14 +175,22 @@ class Scoring:
     @property
     def live(self) -> LiveProbes:
         """The live probes on the built-in suite (its clips are decoded on first use: a stored answer needs none)."""
-        with self._lock:
-            if self._live is None:
-                self._live = LiveProbes(builtin_suite(), seed=SEED, budget_seconds=self.budget_seconds,
-                                        quick_iterations=self.lab.config.fit_iterations)
-                for reference in self._references:
-                    self._live.remember(*reference)
-                self._references.clear()
-            return self._live
+        if self._live is None:
+            with self._loading:  # decoding takes seconds: what needs only `_lock` does not wait for it
+                if self._live is None:
+                    live = LiveProbes(builtin_suite(), seed=SEED, budget_seconds=self.budget_seconds,
+                                      quick_iterations=self.lab.config.fit_iterations)
+                    with self._lock:
+                        for reference in self._references:
+                            live.remember(*reference)
+                        self._references.clear()
+                        self._live = live
+        return self._live
+
+    def decode_suite(self) -> None:
+        """Decode the probe suite's clips now (about 12 s on 2 CPU cores): a stored answer needs none, the first merge
+        no one has scored does."""
+        self.live
 
     @property
     def domains(self) -> dict[str, str]:
