@@ -37,7 +37,7 @@ from live_encoders import (INPUT_ROWS, INPUTS, SETTINGS, STARTUP, build, load_mo
                             speech_music_alignment)
 from merging.estimate import (AVERAGES, Reference, bootstrapped, corrected, draws, full_difference,  # noqa: E402
                               inflation, tasks_of)
-from merging.estimate import _quantile as quantile  # noqa: E402
+from merging.estimate import t_quantile as quantile  # noqa: E402
 from merging.live import LiveProbes, full_subset, score_subset  # noqa: E402
 from merging.probes import builtin_suite  # noqa: E402
 

@@ -55,7 +55,7 @@ def tasks_of(domains: Mapping[str, str], domain: str | None) -> list[str]:
     return [task for task, d in domains.items() if domain is None or d == domain]
 
 
-def _quantile(count: int) -> float:
+def t_quantile(count: int) -> float:
     """The two-sided 95 % quantile for an error spread measured on `count` residuals (normal when there are many)."""
     return float(scipy_stats.t.ppf(0.5 + LEVEL / 2, max(count - 1, 1)))
 
@@ -116,7 +116,7 @@ def corrected(results: Mapping, references: Sequence[Reference], domains: Mappin
     references on the same subset (at least two), with their 95 % intervals; and the gap models used."""
     models = {t: GapModel.fit([r.subset[t].accuracy for r in references], [r.full[t].accuracy for r in references])
               for t in domains}
-    q = _quantile(len(references))
+    q = t_quantile(len(references))
     tasks = {}
     for t, model in models.items():
         raw, n = results[t].accuracy, len(results[t].correct)
@@ -169,7 +169,7 @@ def difference(first: Mapping, second: Mapping, estimates: tuple[float, float], 
     paired = float(np.var(draws(first, tasks) - draws(second, tasks), ddof=1))
     spread = math.sqrt(inflation(references, models, tasks) * paired)
     value = estimates[0] - estimates[1]
-    q = _quantile(len(references))
+    q = t_quantile(len(references))
     return value, value - q * spread, value + q * spread
 
 
